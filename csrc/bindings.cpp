@@ -1,0 +1,34 @@
+// pybind11 glue only: no maths here.
+#include <torch/csrc/jit/python/pybind.h>
+#include <torch/csrc/utils/pybind.h>
+#include <pybind11/stl.h>
+
+#include "engine.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "maps_interpret C++ core: attribution maps and per-element statistics on LibTorch";
+  m.def("built_against", [] { return std::string(MI_TORCH_VERSION); },
+        "Version of torch this extension was compiled against.");
+
+  py::class_<mi::EngineOptions>(m, "EngineOptions")
+      .def(py::init<>())
+      .def_readwrite("device", &mi::EngineOptions::device)
+      .def_readwrite("method", &mi::EngineOptions::method)
+      .def_readwrite("target", &mi::EngineOptions::target)
+      .def_readwrite("amp", &mi::EngineOptions::amp);
+
+  py::class_<mi::Engine>(m, "Engine")
+      .def(py::init<const torch::jit::Module&, mi::EngineOptions>(), py::arg("module"),
+           py::arg("options"))
+      .def_static("from_file", &mi::Engine::from_file, py::arg("path"), py::arg("options"),
+                  py::call_guard<py::gil_scoped_release>())
+      .def("accumulate", &mi::Engine::accumulate, py::arg("batch"), py::arg("ids"),
+           py::arg("return_maps") = false, py::call_guard<py::gil_scoped_release>())
+      .def("ids", &mi::Engine::ids)
+      .def("counts", &mi::Engine::counts)
+      .def("sums", &mi::Engine::sums, py::call_guard<py::gil_scoped_release>())
+      .def("means", &mi::Engine::means, py::call_guard<py::gil_scoped_release>())
+      .def_property_readonly("device", &mi::Engine::device);
+}

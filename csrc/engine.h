@@ -1,0 +1,52 @@
+// The hot loop: one TorchScript model on one device, batches in, per-element running sums kept.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <torch/script.h>
+
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "stats.h"
+
+namespace mi {
+
+struct EngineOptions {
+  std::string device = "cpu";   // "cpu", "cuda", "cuda:N"
+  std::string method = "gradients";
+  int64_t target = 0;           // output node whose gradient is taken
+  std::string amp = "none";     // autocast dtype of the forward pass: none, bfloat16, float16
+};
+
+class Engine {
+ public:
+  Engine(const torch::jit::Module& model, EngineOptions options);
+  static Engine from_file(const std::string& path, EngineOptions options);
+
+  // Computes the maps of `batch` (B, C, *spatial), adds each to the running sum of its element id
+  // and returns the maps (on the engine's device) only when asked to.
+  std::optional<at::Tensor> accumulate(const at::Tensor& batch, const std::vector<int64_t>& ids,
+                                       bool return_maps);
+
+  std::vector<int64_t> ids() const;
+  std::vector<int64_t> counts() const;
+  at::Tensor sums() const;
+  at::Tensor means() const;
+  std::string device() const { return device_.str(); }
+  const EngineOptions& options() const { return options_; }
+
+ private:
+  at::Tensor compute(const at::Tensor& x);
+
+  EngineOptions options_;
+  c10::Device device_;
+  std::optional<c10::ScalarType> amp_;
+  torch::jit::Module model_;
+  ElementSums sums_;
+  mutable std::mutex mutex_;  // Python threads may call in parallel (the GIL is released)
+};
+
+}  // namespace mi

@@ -1,0 +1,79 @@
+#include "stats.h"
+
+#include <c10/util/Exception.h>
+
+namespace mi {
+
+void ElementSums::add(const at::Tensor& maps, const std::vector<int64_t>& ids) {
+  TORCH_CHECK(maps.dim() >= 1 && maps.size(0) == static_cast<int64_t>(ids.size()),
+              "ElementSums.add: got ", ids.size(), " element ids for a batch of shape ", maps.sizes());
+  if (ids.empty()) return;
+  const auto element_shape = maps.sizes().slice(1);
+  if (!sums_.defined()) {
+    std::vector<int64_t> shape{0};
+    shape.insert(shape.end(), element_shape.begin(), element_shape.end());
+    sums_ = at::zeros(shape, maps.options().dtype(at::kFloat));
+  }
+  TORCH_CHECK(sums_.sizes().slice(1) == element_shape && sums_.device() == maps.device(),
+              "ElementSums.add: maps of shape ", element_shape, " on ", maps.device(),
+              " cannot be added to sums of shape ", sums_.sizes().slice(1), " on ", sums_.device());
+
+  // New element ids get a zero row; growing is rare (once per id) so a concatenation is fine.
+  int64_t new_rows = 0;
+  for (auto id : ids) {
+    if (!slot_of_.count(id)) {
+      slot_of_[id] = static_cast<int64_t>(counts_.size());
+      counts_.push_back(0);
+      ++new_rows;
+    }
+  }
+  if (new_rows > 0) {
+    std::vector<int64_t> shape{new_rows};
+    shape.insert(shape.end(), element_shape.begin(), element_shape.end());
+    sums_ = at::cat({sums_, at::zeros(shape, sums_.options())});
+  }
+
+  const at::Tensor values = maps.to(at::kFloat);
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int64_t slot = slot_of_.at(ids[i]);
+    sums_[slot].add_(values[static_cast<int64_t>(i)]);
+    ++counts_[slot];
+  }
+}
+
+std::vector<int64_t> ElementSums::sorted_slots() const {
+  std::vector<int64_t> slots;
+  slots.reserve(slot_of_.size());
+  for (const auto& [id, slot] : slot_of_) slots.push_back(slot);
+  return slots;
+}
+
+std::vector<int64_t> ElementSums::ids() const {
+  std::vector<int64_t> out;
+  out.reserve(slot_of_.size());
+  for (const auto& [id, slot] : slot_of_) out.push_back(id);
+  return out;
+}
+
+std::vector<int64_t> ElementSums::counts() const {
+  std::vector<int64_t> out;
+  for (auto slot : sorted_slots()) out.push_back(counts_[slot]);
+  return out;
+}
+
+at::Tensor ElementSums::sums() const {
+  TORCH_CHECK(sums_.defined(), "no map has been accumulated yet");
+  const auto slots = sorted_slots();
+  auto index = at::tensor(slots, at::TensorOptions().dtype(at::kLong)).to(sums_.device());
+  return sums_.index_select(0, index);
+}
+
+at::Tensor ElementSums::means() const {
+  at::Tensor sums = this->sums();
+  auto n = at::tensor(counts(), at::TensorOptions().dtype(at::kFloat)).to(sums.device());
+  std::vector<int64_t> shape(sums.dim(), 1);
+  shape[0] = n.size(0);
+  return sums.div(n.view(shape));
+}
+
+}  // namespace mi

@@ -1,0 +1,34 @@
+// Streaming per-element statistics of attribution maps, kept on the maps' device.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <map>
+#include <vector>
+
+namespace mi {
+
+// Running float32 sum and count of maps per element id (`<mode>_id`: 0 for images, the patch,
+// slice or ROI index otherwise). Samples are added one by one in the order given, which keeps
+// the result deterministic on every device and equal to a sequential float32 sum.
+class ElementSums {
+ public:
+  // maps: (B, *element_shape) on any device; ids: B element ids.
+  void add(const at::Tensor& maps, const std::vector<int64_t>& ids);
+
+  std::vector<int64_t> ids() const;     // sorted element ids seen so far
+  std::vector<int64_t> counts() const;  // one per id, same order
+  at::Tensor sums() const;              // (n_ids, *element_shape), same order
+  at::Tensor means() const;             // sums / counts, float32
+  bool empty() const { return slot_of_.empty(); }
+
+ private:
+  std::vector<int64_t> sorted_slots() const;
+
+  std::map<int64_t, int64_t> slot_of_;  // element id -> row of sums_
+  at::Tensor sums_;                     // rows in order of first appearance
+  std::vector<int64_t> counts_;         // per row
+};
+
+}  // namespace mi

@@ -1,0 +1,121 @@
+"""`run(config)`: the whole command as a function. The CLI is a thin shell over it.
+
+Order of work: plan and check everything (plan.py; nothing written) -> for each pass over the data,
+export the models, stream batches through the C++ engines, write maps into a staging folder ->
+define the data group and move the finished folders into place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import writers
+from .caps import ImageDataset, collate
+from .config import InterpretConfig
+from .errors import MapsInterpretError
+from .groups import commit_group
+from .plan import DataPass, Job, Plan, make_plan
+from .transforms import Preprocess
+
+log = logging.getLogger("maps_interpret")
+
+
+@dataclass
+class RunSummary:
+    outputs: list[Path] = field(default_factory=list)  # one interpret-<NAME> folder per (split, metric)
+    sessions: int = 0  # sessions read (each once per pass)
+    maps: int = 0  # maps computed (sessions x models)
+    seconds: float = 0.0
+
+    @property
+    def maps_per_second(self) -> float:
+        return self.maps / self.seconds if self.seconds > 0 else 0.0
+
+
+def run(config: InterpretConfig) -> RunSummary:
+    start = time.perf_counter()
+    plan = make_plan(config)
+    summary = RunSummary()
+    log.info("%s: data group %s, %d model(s), %d pass(es) over the data, on %s", plan.maps.path,
+             config.data_group, len(plan.jobs), len(plan.passes), plan.device)
+    with writers.Staging(plan.maps.path) as staging:
+        group_committed = False
+        for data_pass in plan.passes:
+            staged = _run_pass(plan, data_pass, staging, summary)
+            if not group_committed:  # the group exists in the MAPS from the first finished results on
+                commit_group(plan.maps, plan.group)
+                group_committed = True
+            for job, folder in staged:
+                writers.Staging.publish(folder, job.output_dir, replace=config.overwrite_name)
+                summary.outputs.append(job.output_dir)
+                log.info("wrote %s", job.output_dir)
+    summary.seconds = time.perf_counter() - start
+    log.info("done: %d map(s) of %d session(s) in %.1f s", summary.maps, summary.sessions, summary.seconds)
+    return summary
+
+
+def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary: RunSummary):
+    from .engine import Engine, EngineError
+    from .models import load_model
+    from .models.export import to_torchscript
+
+    config, maps = plan.config, plan.maps
+    mode = maps.mode
+    engines = []
+    for job in data_pass.jobs:
+        log.info("%s-%d best-%s: %d session(s) from %s", maps.split_name, job.split, job.metric,
+                 len(data_pass.sessions), data_pass.caps)
+        model = to_torchscript(load_model(maps, job.model_path))
+        try:
+            engine = Engine(model, device=plan.device, method=config.method, target=config.target_node,
+                            amp=_amp_dtype(plan.device) if config.amp else None)
+        except EngineError as error:
+            raise MapsInterpretError(f"{job.model_path}: {error}") from None
+        engines.append((job, engine, staging.new_dir()))
+
+    dataset = ImageDataset(data_pass.sessions, Preprocess.from_params(maps.params), maps.input_size)
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.n_proc,
+                        collate_fn=collate, pin_memory=plan.device != "cpu")
+    progress = tqdm(total=len(dataset), unit="img", desc=f"{config.data_group}/{config.name}", disable=None,
+                    leave=False, dynamic_ncols=True)
+    with progress:
+        for batch in loader:
+            if batch.error is not None:
+                raise MapsInterpretError(batch.error)
+            for job, engine, folder in engines:
+                try:
+                    maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=config.save_individual)
+                except EngineError as error:
+                    raise MapsInterpretError(f"{job.model_path}: {error}") from None
+                if maps_ is not None:
+                    maps_ = maps_.cpu()
+                    for map_, element, index in zip(maps_, batch.element_ids, batch.session_index):
+                        session = data_pass.sessions[index]
+                        stem = f"{session.participant_id}_{session.session_id}_{mode}-{element}_map"
+                        _write_map(map_, folder / stem, config.save_nifti)
+            progress.update(len(batch.element_ids))
+    summary.sessions += len(data_pass.sessions)
+    summary.maps += len(data_pass.sessions) * len(engines)
+
+    for job, engine, folder in engines:
+        for element, mean in engine.means().items():
+            _write_map(mean.cpu(), folder / f"mean_{mode}-{element}_map", config.save_nifti)
+    return [(job, folder) for job, _, folder in engines]
+
+
+def _write_map(map_: torch.Tensor, stem: Path, nifti: bool) -> None:
+    writers.save_tensor(map_, stem.with_name(stem.name + ".pt"))
+    if nifti:
+        volume = map_[0] if map_.shape[0] == 1 else map_.movedim(0, -1)  # channels last, if several
+        writers.save_nifti(volume.numpy(), stem.with_name(stem.name + ".nii.gz"))
+
+
+def _amp_dtype(device: str) -> torch.dtype:
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -1,0 +1,75 @@
+"""`maps-interpret`: a thin shell over ``api.run``. Imports nothing heavy so that --help is instant."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import fields
+from typing import Optional, Sequence
+
+from argparse_dataclass import ArgumentParser
+
+from .config import InterpretConfig
+from .errors import MapsInterpretError
+
+PROG = "maps-interpret"
+
+
+class _Parser(ArgumentParser):
+    """argparse-dataclass knows no ``action``: add it from the field metadata (repeatable options
+    and --x/--no-x pairs, as ClinicaDL's click options behave)."""
+
+    def add_argument(self, *args, **kwargs):
+        spec = next((f for f in fields(InterpretConfig) if f.name == kwargs.get("dest")), None)
+        action = spec.metadata.get("action") if spec is not None else None
+        if action is not None:
+            kwargs.pop("type", None)
+            kwargs.pop("required", None)
+            kwargs["action"] = action
+            # None marks "not given" for append (config.__post_init__ applies the default).
+            kwargs["default"] = None if action == "append" else spec.default
+        return super().add_argument(*args, **kwargs)
+
+
+def build_parser() -> ArgumentParser:
+    return _Parser(
+        InterpretConfig,
+        prog=PROG,
+        description="Saliency maps of the models of a ClinicaDL MAPS over a data group "
+        "(the mean map always, one map per session with --save_individual).",
+        epilog="Exit status: 0 success, 1 error (bad input, missing file, no GPU...), 2 usage error, "
+        "130 interrupted. Errors are one line on stderr; add --verbose for a traceback.",
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    config = build_parser().parse_args(argv)  # exits with status 2 on a usage error
+    logging.basicConfig(
+        level=logging.DEBUG if config.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    from . import api  # heavy imports (torch) only once the command line is valid
+
+    try:
+        api.run(config)
+    except MapsInterpretError as error:
+        if config.verbose:
+            logging.getLogger(__name__).exception("failed")
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing of this run was left in the MAPS", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug or an environment failure: still one line unless --verbose
+        if config.verbose:
+            raise
+        print(f"{PROG}: error: {type(error).__name__}: {error} (rerun with --verbose for the traceback)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

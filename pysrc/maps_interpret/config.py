@@ -1,0 +1,110 @@
+"""The command's options: one dataclass, shared by the CLI and the Python API (``api.run``).
+
+Spellings follow ClinicaDL 1.6.1's ``clinicadl interpret`` so existing command lines work by swapping the
+program name. ``field(metadata=...)`` holds what argparse-dataclass turns into options; ``action`` is an
+addition of ``cli.py`` (repeatable options and ``--x/--no-x`` pairs). No ``from __future__ import
+annotations`` here: argparse-dataclass reads the field types as objects.
+"""
+
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+METHODS = ("gradients",)
+DEFAULT_SELECTION_METRICS = ("loss",)
+
+
+def _opt(*args: str, help: str, **extra) -> dict:
+    return {"args": list(args), "help": help, **extra}
+
+
+@dataclass
+class InterpretConfig:
+    input_maps_directory: Path = field(metadata=_opt(
+        "input_maps_directory", metavar="INPUT_MAPS_DIRECTORY", type=Path,
+        help="MAPS folder written by `clinicadl train`."))
+    data_group: str = field(metadata=_opt(
+        "data_group", metavar="DATA_GROUP",
+        help="Data group to interpret: train, validation, an existing group, or a new one "
+             "(then give --participants_tsv and --caps_directory)."))
+    name: str = field(metadata=_opt(
+        "name", metavar="NAME", help="Name of the interpretation: maps go to <split>/best-<metric>/"
+                                     "<DATA_GROUP>/interpret-<NAME>/."))
+    method: str = field(default="gradients", metadata=_opt(
+        "method", metavar="METHOD", nargs="?", type=str, choices=METHODS,
+        help="Attribution method (default: gradients)."))
+    selection_metrics: list[str] = field(default_factory=lambda: list(DEFAULT_SELECTION_METRICS), metadata=_opt(
+        "--selection_metrics", action="append", metavar="METRIC",
+        help="Load the model of best-<METRIC>; repeat for several (default: loss)."))
+    participants_tsv: Optional[Path] = field(default=None, metadata=_opt(
+        "--participants_tsv", type=Path, metavar="TSV",
+        help="TSV of participant_id/session_id/diagnosis defining a new data group."))
+    caps_directory: Optional[Path] = field(default=None, metadata=_opt(
+        "--caps_directory", type=Path, metavar="DIR", help="CAPS folder of a new data group."))
+    multi_cohort: bool = field(default=False, metadata=_opt(
+        "--multi_cohort", help="The TSV and CAPS given are multi-cohort TSVs."))
+    diagnoses: list[str] = field(default_factory=list, metadata=_opt(
+        "-d", "--diagnoses", action="append", metavar="DIAGNOSIS",
+        help="Keep only these diagnoses of --participants_tsv; repeatable (default: the MAPS' diagnoses)."))
+    target_node: int = field(default=0, metadata=_opt(
+        "--target_node", type=int, metavar="INT", help="Output node whose gradient is mapped (default: 0)."))
+    save_individual: bool = field(default=False, metadata=_opt(
+        "--save_individual", help="Also write one map per participant/session."))
+    n_proc: int = field(default=2, metadata=_opt(
+        "-np", "--n_proc", type=int, metavar="INT", help="Data-loading worker processes (default: 2)."))
+    gpu: bool = field(default=True, metadata=_opt(
+        "--gpu", action=argparse.BooleanOptionalAction,
+        help="Compute on the GPU (default); --no-gpu computes on the CPU."))
+    amp: bool = field(default=False, metadata=_opt(
+        "--amp", action=argparse.BooleanOptionalAction,
+        help="Mixed precision on the GPU (bfloat16 where supported, else float16)."))
+    batch_size: int = field(default=2, metadata=_opt(
+        "--batch_size", type=int, metavar="INT", help="Images per batch (default: 2)."))
+    overwrite: bool = field(default=False, metadata=_opt(
+        "-o", "--overwrite", help="Redefine an existing data group from the TSV/CAPS given and erase its "
+                                  "results in every split and selection metric."))
+    overwrite_name: bool = field(default=False, metadata=_opt(
+        "-on", "--overwrite_name", help="Replace an existing interpret-<NAME> folder."))
+    save_nifti: bool = field(default=False, metadata=_opt(
+        "--save_nifti", help="Also write each map as a float32 NIfTI file (.nii.gz)."))
+    level_grad_cam: Optional[int] = field(default=None, metadata=_opt(
+        "--level_grad_cam", type=int, metavar="INT",
+        help="Grad-CAM: number of modules of the convolutional part before the feature map."))
+    verbose: bool = field(default=False, metadata=_opt(
+        "-v", "--verbose", help="Debug logging, and a traceback on errors."))
+
+    def __post_init__(self) -> None:
+        # An append option that was never given arrives as None (cli.py): use the documented default.
+        # Repeats are dropped, first occurrence kept (each metric is interpreted once).
+        self.selection_metrics = list(dict.fromkeys(self.selection_metrics or DEFAULT_SELECTION_METRICS))
+        self.diagnoses = list(dict.fromkeys(self.diagnoses or ()))
+        self.input_maps_directory = Path(self.input_maps_directory)
+        if self.participants_tsv is not None:
+            self.participants_tsv = Path(self.participants_tsv)
+        if self.caps_directory is not None:
+            self.caps_directory = Path(self.caps_directory)
+
+
+def validate(config: InterpretConfig) -> None:
+    """Checks the options that need no file: raises UsageError (exit status 2) on the first problem."""
+    from .errors import UsageError
+    from .names import check_name
+
+    if config.method not in METHODS:
+        raise UsageError(f"METHOD '{config.method}' is not supported: choose one of {', '.join(METHODS)}")
+    check_name(config.data_group, "DATA_GROUP", UsageError)
+    check_name(config.name, "NAME", UsageError)
+    for metric in config.selection_metrics:
+        check_name(metric, "--selection_metrics", UsageError)
+    if config.batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, got {config.batch_size}")
+    if config.n_proc < 0:
+        raise UsageError(f"-np/--n_proc must be 0 (load in the main process) or more, got {config.n_proc}")
+    if config.target_node < 0:
+        raise UsageError(f"--target_node must be 0 or more, got {config.target_node}")
+    if config.level_grad_cam is not None and config.level_grad_cam < 1:
+        raise UsageError(f"--level_grad_cam must be at least 1, got {config.level_grad_cam}")
+    if config.amp and not config.gpu:
+        raise UsageError("--amp needs the GPU: remove --amp or --no-gpu")

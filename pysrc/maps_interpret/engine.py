@@ -1,0 +1,84 @@
+"""Typed wrapper over the C++ core (`maps_interpret._core`), the only module that imports it.
+
+Importing this module checks that the core was compiled against the torch that is installed: LibTorch
+has no ABI promise across versions, so a mismatch is refused with the command that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import torch  # must be imported before _core (it loads libtorch and registers the tensor types)
+
+REBUILD = "pip install --no-build-isolation --force-reinstall --no-deps maps-interpret (or `make setup`)"
+
+try:
+    from . import _core
+except ImportError as error:  # not built, or built for another Python
+    raise ImportError(f"maps_interpret's C++ core cannot be loaded ({error}); rebuild it: {REBUILD}") from None
+
+
+def _check_build() -> None:
+    built = _core.built_against()
+    if built.split("+")[0] != torch.__version__.split("+")[0]:
+        raise ImportError(f"maps_interpret's C++ core was compiled against torch {built} but torch "
+                          f"{torch.__version__} is installed; rebuild it: {REBUILD}")
+
+
+_check_build()
+
+AMP_DTYPES = {None: "none", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+class EngineError(RuntimeError):
+    """An error raised by the C++ core, reduced to its message (no C++ stack)."""
+
+
+def _core_call(function, *args):
+    try:
+        return function(*args)
+    except (RuntimeError, IndexError, ValueError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EngineError(message) from None
+
+
+class Engine:
+    """Attribution maps of one TorchScript model on one device, with per-element running sums.
+
+    `model` is a path to a TorchScript file or a `torch.jit.ScriptModule` (the engine works on its own
+    copy). `target` is the output node whose gradient is mapped; `amp` the autocast dtype of the
+    forward pass (None: float32). Calls release the GIL while computing.
+    """
+
+    def __init__(self, model: Union[str, os.PathLike, torch.jit.ScriptModule], *, device: str = "cpu",
+                 method: str = "gradients", target: int = 0, amp: Optional[torch.dtype] = None):
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of None, torch.bfloat16, torch.float16; got {amp}")
+        options = _core.EngineOptions()
+        options.device, options.method, options.target, options.amp = str(device), method, int(target), AMP_DTYPES[amp]
+        if isinstance(model, (str, os.PathLike)):
+            self._core = _core_call(_core.Engine.from_file, os.fspath(model), options)
+        elif isinstance(model, torch.jit.ScriptModule):
+            self._core = _core_call(_core.Engine, model._c, options)
+        else:
+            raise TypeError(f"model must be a TorchScript path or torch.jit.ScriptModule, got {type(model).__name__}")
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self._core.device)
+
+    def accumulate(self, batch: torch.Tensor, element_ids: Sequence[int],
+                   return_maps: bool = False) -> Optional[torch.Tensor]:
+        """Maps of `batch` (B, C, *spatial) added to the sums of their element ids; the (B, C, *spatial)
+        float32 maps, on the engine's device, come back only if `return_maps`."""
+        return _core_call(self._core.accumulate, batch, [int(i) for i in element_ids], bool(return_maps))
+
+    def sums(self) -> dict[int, torch.Tensor]:
+        return dict(zip(self._core.ids(), _core_call(self._core.sums).unbind(0)))
+
+    def counts(self) -> dict[int, int]:
+        return dict(zip(self._core.ids(), self._core.counts()))
+
+    def means(self) -> dict[int, torch.Tensor]:
+        return dict(zip(self._core.ids(), _core_call(self._core.means).unbind(0)))

@@ -1,0 +1,148 @@
+"""Reading a MAPS: maps.json (with ClinicaDL's defaults and old key names), splits, selection metrics,
+and where each file of the MAPS lives."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import MapsInterpretError
+
+# The keys interpret reads, with the values ClinicaDL 1.6.1 fills in when maps.json lacks them
+# (its train_config.toml; task-dependent ones are handled in `read_parameters`).
+DEFAULTS: dict[str, Any] = {
+    "architecture": "default",
+    "multi_network": False,
+    "dropout": 0.0,
+    "selection_metrics": ["loss"],
+    "label_code": {},
+    "gpu": True,
+    "n_proc": 2,
+    "batch_size": 8,
+    "multi_cohort": False,
+    "diagnoses": ["AD", "CN"],
+    "normalize": True,
+    "data_augmentation": False,
+    "size_reduction": False,
+    "size_reduction_factor": 2,
+    "n_splits": 0,
+}
+TASK_LABEL = {"classification": "diagnosis", "regression": "age"}
+# Old key names renamed by ClinicaDL's read_json.
+RENAMED = {"model": "architecture", "multi": "multi_network", "minmaxnormalization": "normalize",
+           "num_workers": "n_proc"}
+# Old MAPS kept preprocessing options at the top level; they now live in preprocessing_dict.
+# (ClinicaDL's list misses "prepare_dl" and "custom_suffix" through a missing comma; both are moved here.)
+PREPROCESSING_KEYS = ("preprocessing", "use_uncropped_image", "prepare_dl", "custom_suffix", "tracer",
+                      "suvr_reference_region", "patch_size", "stride_size", "slice_direction", "slice_mode",
+                      "discarded_slices", "roi_list", "uncropped_roi", "roi_custom_suffix",
+                      "roi_custom_template", "roi_custom_mask_pattern")
+
+
+def read_parameters(maps_json: Path) -> dict[str, Any]:
+    """maps.json as ClinicaDL sees it: old names renamed, missing keys defaulted."""
+    try:
+        text = maps_json.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise MapsInterpretError(f"{maps_json} does not exist: INPUT_MAPS_DIRECTORY must be a MAPS folder "
+                                 "written by `clinicadl train`") from None
+    except OSError as error:
+        raise MapsInterpretError(f"cannot read {maps_json}: {error.strerror}") from None
+    try:
+        params = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise MapsInterpretError(f"{maps_json} is not valid JSON ({error.msg} at line {error.lineno}, "
+                                 f"column {error.colno})") from None
+    if not isinstance(params, dict):
+        raise MapsInterpretError(f"{maps_json} must hold a JSON object, found {type(params).__name__}")
+
+    for old, new in RENAMED.items():
+        if old in params:
+            params[new] = params.pop(old)
+    if "use_cpu" in params:
+        params["gpu"] = not params.pop("use_cpu")
+    task = params.get("network_task", "classification")
+    params.setdefault("network_task", task)
+    for key, value in DEFAULTS.items():
+        params.setdefault(key, value)
+    if task in TASK_LABEL:
+        params.setdefault("label", TASK_LABEL[task])
+    if "mode" not in params and isinstance(params.get("preprocessing_dict"), dict):
+        params["mode"] = params["preprocessing_dict"].get("mode")
+    if "preprocessing_dict" not in params:
+        if "mode" not in params:
+            raise MapsInterpretError(f"{maps_json} has neither 'preprocessing_dict' nor 'mode': "
+                                     "it does not describe a ClinicaDL training")
+        prep = {"mode": params["mode"]}
+        for key in PREPROCESSING_KEYS:
+            if key in params:
+                prep[key] = params.pop(key)
+        params["preprocessing_dict"] = prep
+    prep = params["preprocessing_dict"]
+    if not isinstance(prep, dict):
+        raise MapsInterpretError(f"{maps_json}: 'preprocessing_dict' must be a JSON object")
+    prep.setdefault("mode", params.get("mode"))
+    prep.setdefault("use_uncropped_image", False)
+    if prep["mode"] != "image":
+        prep.setdefault("prepare_dl", False)
+    if prep["mode"] == "slice":
+        prep.setdefault("slice_mode", "rgb")
+    return params
+
+
+@dataclass(frozen=True)
+class Maps:
+    """A MAPS folder and its parameters. Paths only; nothing here writes."""
+
+    path: Path
+    params: dict[str, Any]
+    split_name: str  # "split", or "fold" in MAPS written before ClinicaDL 1.2
+
+    @property
+    def mode(self) -> str:
+        return self.params["preprocessing_dict"]["mode"]
+
+    @property
+    def architecture(self) -> str:
+        return self.params["architecture"]
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        return tuple(int(v) for v in self.params["input_size"])
+
+    def splits(self) -> list[int]:
+        """Every trained split (a `<split_name>-<k>` folder), in numeric order."""
+        pattern = re.compile(rf"{self.split_name}-(\d+)")
+        found = [int(m.group(1)) for entry in self.path.iterdir()
+                 if entry.is_dir() and (m := pattern.fullmatch(entry.name))]
+        return sorted(found)
+
+    def split_dir(self, split: int) -> Path:
+        return self.path / f"{self.split_name}-{split}"
+
+    def selection_metrics(self, split: int) -> list[str]:
+        """Metrics with a model in this split (`best-<metric>/model.pth.tar`)."""
+        return sorted(entry.name[len("best-"):] for entry in self.split_dir(split).iterdir()
+                      if entry.name.startswith("best-") and (entry / "model.pth.tar").is_file())
+
+    def model_path(self, split: int, metric: str) -> Path:
+        return self.split_dir(split) / f"best-{metric}" / "model.pth.tar"
+
+    def results_dir(self, split: int, metric: str, group: str, name: str) -> Path:
+        return self.split_dir(split) / f"best-{metric}" / group / f"interpret-{name}"
+
+    @property
+    def groups_dir(self) -> Path:
+        return self.path / "groups"
+
+
+def open_maps(path: Path) -> Maps:
+    path = Path(path)
+    if not path.is_dir():
+        raise MapsInterpretError(f"INPUT_MAPS_DIRECTORY {path} is not a folder")
+    params = read_parameters(path / "maps.json")
+    split_name = "fold" if any(path.glob("fold-*")) else "split"
+    return Maps(path=path, params=params, split_name=split_name)

@@ -1,0 +1,100 @@
+"""Rebuilding the network of a MAPS and loading its weights safely (`torch.load(weights_only=True)`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ..errors import MapsInterpretError
+from ..maps import Maps
+from .conv import conv4_fc3, conv5_fc3
+
+# Architecture name in maps.json -> builder(input_size, output_size, dropout).
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "Conv5_FC3": conv5_fc3,
+    "Conv4_FC3": conv4_fc3,
+}
+
+
+def build_model(maps: Maps) -> nn.Module:
+    params = maps.params
+    if params.get("multi_network"):
+        raise MapsInterpretError(f"{maps.path}: multi_network MAPS are not supported (one model per element)")
+    if params.get("network_task") not in ("classification", "regression"):
+        raise MapsInterpretError(f"{maps.path}: network_task {params.get('network_task')!r} is not supported: "
+                                 "only classification and regression CNNs can be interpreted")
+    name = maps.architecture
+    if name not in ARCHITECTURES:
+        raise MapsInterpretError(f"{maps.path / 'maps.json'}: architecture {name!r} is not supported; "
+                                 f"supported: {', '.join(sorted(ARCHITECTURES))}")
+    try:
+        input_size = maps.input_size
+        output_size = int(params["output_size"]) if params.get("output_size") is not None else _default_outputs(maps)
+        return ARCHITECTURES[name](input_size, output_size=output_size, dropout=float(params.get("dropout", 0.0)))
+    except (KeyError, TypeError, ValueError) as error:
+        raise MapsInterpretError(f"{maps.path / 'maps.json'}: cannot build {name} "
+                                 f"(input_size/output_size: {error})") from None
+
+
+def _default_outputs(maps: Maps) -> int:
+    if maps.params.get("network_task") == "regression":
+        return 1
+    codes = maps.params.get("label_code") or {}
+    if not codes:
+        raise KeyError("output_size is missing and label_code is empty")
+    return len(codes)
+
+
+def read_state_dict(path: Path, mmap: bool = False) -> dict:
+    """The state_dict of a ClinicaDL `model.pth.tar` ({"model": state_dict, "epoch", "name"}), read with
+    `weights_only=True`: a file holding anything but tensors and plain values is refused, never run.
+    `mmap` maps the file instead of reading it (checks touch only the headers)."""
+    try:
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as error:
+            if not mmap or "mmap" not in str(error):
+                raise
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) file
+    except FileNotFoundError:
+        raise MapsInterpretError(f"{path} does not exist: the model of this split/selection metric is missing") from None
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MapsInterpretError(f"cannot load {path}: it is truncated, corrupt, or holds more than plain "
+                                 f"tensors (refused for safety; {first[:200]})") from None
+    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise MapsInterpretError(f"{path} is not a ClinicaDL checkpoint: no 'model' state_dict inside")
+    return state
+
+
+def check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
+    """Same keys and shapes as `model` (which may live on the meta device)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong_shapes = [k for k in expected if k in state and getattr(state[k], "shape", None) != expected[k].shape]
+    if missing or unexpected or wrong_shapes:
+        parts = [f"{what} {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shapes))
+                 if keys]
+        raise MapsInterpretError(f"{path} does not fit the architecture in maps.json ({'; '.join(parts)})")
+
+
+def check_weights(maps: Maps, path: Path) -> None:
+    """Checks a checkpoint against the architecture without building real weights (meta device)."""
+    with torch.device("meta"):
+        model = build_model(maps)
+    check_state_dict(model, read_state_dict(path, mmap=True), path)
+
+
+def load_model(maps: Maps, path: Path) -> nn.Module:
+    """The network of the MAPS with the weights of `path`, in eval mode, on the CPU."""
+    model = build_model(maps)
+    state = read_state_dict(path)
+    check_state_dict(model, state, path)
+    model.load_state_dict(state, strict=True)
+    return model.eval()

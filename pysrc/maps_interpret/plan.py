@@ -1,0 +1,103 @@
+"""Everything a command will do, decided and checked before anything is written: the device, the
+data group, the (split, selection metric) models, the sessions and their tensors, the output folders.
+
+Jobs that read the same sessions from the same CAPS share one pass over the data (the `test` group of
+every split and metric, for instance), so each image is loaded and preprocessed once per command.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .caps import Session, find_sessions
+from .config import InterpretConfig, validate
+from .errors import MapsInterpretError
+from .groups import GroupPlan, definition_for_split, plan_group, resolve_caps
+from .maps import Maps, open_maps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    split: int
+    metric: str
+    model_path: Path
+    output_dir: Path
+
+
+@dataclass
+class DataPass:
+    caps: Path
+    sessions: list[Session]
+    jobs: list[Job] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    config: InterpretConfig
+    maps: Maps
+    device: str
+    group: GroupPlan
+    passes: list[DataPass]
+
+    @property
+    def jobs(self) -> list[Job]:
+        return [job for data_pass in self.passes for job in data_pass.jobs]
+
+
+def select_device(config: InterpretConfig) -> str:
+    if not config.gpu:
+        return "cpu"
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MapsInterpretError("no GPU is available: add --no-gpu to run on the CPU")
+    return "cuda"
+
+
+def make_plan(config: InterpretConfig) -> Plan:
+    validate(config)
+    device = select_device(config)
+    maps = open_maps(config.input_maps_directory)
+    if maps.mode != "image":
+        raise MapsInterpretError(f"{maps.path / 'maps.json'}: mode {maps.mode!r} is not supported yet "
+                                 "(supported: image)")
+    splits = maps.splits()
+    if not splits:
+        raise MapsInterpretError(f"{maps.path} has no {maps.split_name}-<k> folder: no model was trained in this MAPS")
+
+    models = [(split, metric) for split in splits for metric in config.selection_metrics]
+    for split, metric in models:
+        check_model(maps, split, metric)
+    group = plan_group(maps, config)
+
+    passes: dict[tuple, DataPass] = {}
+    for split, metric in models:
+        output_dir = maps.results_dir(split, metric, config.data_group, config.name)
+        if output_dir.exists() and not (config.overwrite_name or group.erase_results):
+            raise MapsInterpretError(f"{output_dir} already exists: choose another NAME, or add --overwrite_name "
+                                     "to replace it")
+        definition = definition_for_split(maps, group, split)
+        caps = resolve_caps(maps, definition.caps_directory)
+        key = (caps.resolve(), tuple((r["participant_id"], r["session_id"]) for r in definition.rows))
+        if key not in passes:
+            passes[key] = DataPass(caps, find_sessions(caps, definition.rows, maps.params["preprocessing_dict"]))
+        passes[key].jobs.append(Job(split, metric, maps.model_path(split, metric), output_dir))
+    return Plan(config=config, maps=maps, device=device, group=group, passes=list(passes.values()))
+
+
+def check_model(maps: Maps, split: int, metric: str) -> None:
+    """The checkpoint exists, loads without unpickling code, and fits the architecture of maps.json.
+    Memory-mapped, so checking a large model costs almost nothing."""
+    path = maps.model_path(split, metric)
+    if not path.is_file():
+        available = maps.selection_metrics(split)
+        raise MapsInterpretError(
+            f"{maps.split_dir(split).name} has no model for selection metric {metric!r} ({path} is missing); "
+            f"available: {', '.join(available) or 'none'}")
+    from .models import check_weights
+
+    check_weights(maps, path)

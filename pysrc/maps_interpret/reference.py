@@ -1,0 +1,58 @@
+"""Pure-PyTorch twins of what the C++ core computes. Tests compare the engine against these; they are
+written for clarity, as ClinicaDL's procedure reads, not for speed."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+
+def reference_gradients(model: nn.Module, batch: torch.Tensor, target: int) -> torch.Tensor:
+    """ClinicaDL's VanillaBackProp: x.grad after output.backward(one_hot at `target`)."""
+    x = batch.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        output = model(x)
+        one_hot = torch.zeros_like(output)
+        one_hot[:, target] = 1
+        output.backward(one_hot)
+    return x.grad.detach().float()
+
+
+class ReferenceEngine:
+    """Same interface as `engine.Engine`, in Python: running float32 sums per element id."""
+
+    def __init__(self, model: nn.Module, *, device: str = "cpu", method: str = "gradients", target: int = 0,
+                 amp: Optional[torch.dtype] = None):
+        if method != "gradients":
+            raise ValueError(f"unknown method {method}")
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.target = target
+        self.amp = amp
+        self._sums: dict[int, torch.Tensor] = {}
+        self._counts: dict[int, int] = {}
+
+    def accumulate(self, batch: torch.Tensor, element_ids: Sequence[int],
+                   return_maps: bool = False) -> Optional[torch.Tensor]:
+        x = batch.to(self.device, torch.float32)
+        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            maps = reference_gradients(self.model, x, self.target)
+        for map_, element in zip(maps, element_ids):
+            element = int(element)
+            if element not in self._sums:
+                self._sums[element] = torch.zeros_like(map_)
+                self._counts[element] = 0
+            self._sums[element] += map_
+            self._counts[element] += 1
+        return maps if return_maps else None
+
+    def sums(self) -> dict[int, torch.Tensor]:
+        return dict(sorted(self._sums.items()))
+
+    def counts(self) -> dict[int, int]:
+        return dict(sorted(self._counts.items()))
+
+    def means(self) -> dict[int, torch.Tensor]:
+        return {k: s / self._counts[k] for k, s in sorted(self._sums.items())}

@@ -1,0 +1,58 @@
+"""The preprocessing ClinicaDL applies to every element before the network sees it (its evaluation
+transforms: NaN removal, min-max normalisation, size reduction; never data augmentation)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Crops and strides of ClinicaDL's SizeReduction, per factor, for (D, H, W) of a 169x208x179 image.
+SIZE_REDUCTION = {
+    2: ((4, 164, 2), (8, 200, 2), (8, 168, 2)),
+    3: ((0, 168, 3), (8, 200, 3), (4, 172, 3)),
+    4: ((4, 164, 4), (8, 200, 4), (8, 168, 4)),
+    5: ((4, 164, 5), (0, 200, 5), (8, 168, 5)),
+}
+
+
+def nan_removal(x: torch.Tensor) -> torch.Tensor:
+    """NaN -> 0 and +-inf -> +-float max, but only when the element holds a NaN (ClinicaDL's rule)."""
+    return torch.nan_to_num(x) if torch.isnan(x).any() else x
+
+
+def min_max(x: torch.Tensor) -> torch.Tensor:
+    """(x - min) / (max - min) over the whole element, all channels together."""
+    low, high = x.min(), x.max()
+    return (x - low) / (high - low)
+
+
+def size_reduction(x: torch.Tensor, factor: int) -> torch.Tensor:
+    (d0, d1, ds), (h0, h1, hs), (w0, w1, ws) = SIZE_REDUCTION[factor]
+    return x[:, d0:d1:ds, h0:h1:hs, w0:w1:ws]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Picklable (DataLoader workers) composition of the transforms a MAPS asks for."""
+
+    normalize: bool = True
+    size_reduction_factor: int | None = None
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Preprocess":
+        factor = int(params["size_reduction_factor"]) if params.get("size_reduction") else None
+        if factor is not None and factor not in SIZE_REDUCTION:
+            from .errors import MapsInterpretError
+
+            raise MapsInterpretError(f"maps.json: size_reduction_factor {factor} is not one of ClinicaDL's "
+                                     f"{sorted(SIZE_REDUCTION)}")
+        return cls(normalize=bool(params["normalize"]), size_reduction_factor=factor)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = nan_removal(x)
+        if self.normalize:
+            x = min_max(x)
+        if self.size_reduction_factor is not None:
+            x = size_reduction(x, self.size_reduction_factor)
+        return x

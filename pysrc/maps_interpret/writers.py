@@ -1,0 +1,141 @@
+"""Every write into a MAPS goes through here, and every write is atomic: data goes to a temporary file
+in the destination folder, then `os.replace` puts it in place. An interrupted run never leaves a
+truncated file. Interpretation folders are built in a staging area inside the MAPS (same file system)
+and moved into place whole when their computation has finished."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+log = logging.getLogger(__name__)
+
+STAGING_DIRNAME = ".maps-interpret-staging"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=4) + "\n")
+
+
+def write_tsv(path: Path, columns: list[str], rows: Iterable[dict[str, str]]) -> None:
+    lines = ["\t".join(columns)]
+    lines += ["\t".join(str(row.get(column, "")) for column in columns) for row in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def save_tensor(tensor, path: Path) -> None:
+    """A `.pt` holding exactly this tensor: cloned so a view never drags its whole batch along."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(tensor.detach().to("cpu", copy=True).contiguous(), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def save_nifti(volume, path: Path, affine=None) -> None:
+    """A float32 NIfTI-1 file (gzip when the name ends in .gz) of `volume` (a numpy array)."""
+    import nibabel as nib
+    import numpy as np
+
+    path = Path(path)
+    image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32),
+                            np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64))
+    suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        nib.save(image, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
+def remove_tree(path: Path) -> None:
+    """Removes a folder of results: first renamed out of sight (atomic), then deleted."""
+    path = Path(path)
+    if not path.exists():
+        return
+    trash = path.with_name(f".{path.name}.removing-{os.getpid()}-{time.monotonic_ns()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash)
+
+
+class Staging:
+    """Temporary interpretation folders inside the MAPS, moved into place on success.
+
+    A run that fails or is interrupted removes its staging folder; only a killed process leaves one,
+    named after host and pid, which a later run reports.
+    """
+
+    def __init__(self, maps_path: Path):
+        self.root = Path(maps_path) / STAGING_DIRNAME
+        self.run_dir = self.root / f"{socket.gethostname()}-{os.getpid()}-{time.strftime('%Y%m%dT%H%M%S')}"
+        self._count = 0
+
+    def __enter__(self) -> "Staging":
+        stale = [p.name for p in self.root.iterdir()] if self.root.is_dir() else []
+        if stale:
+            log.warning("%s holds folders of earlier runs that did not finish (%s); they are not used "
+                        "and can be deleted", self.root, ", ".join(sorted(stale)))
+        self.run_dir.mkdir(parents=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        try:
+            self.root.rmdir()  # only when no other run uses it
+        except OSError:
+            pass
+
+    def new_dir(self) -> Path:
+        self._count += 1
+        path = self.run_dir / f"job-{self._count}"
+        path.mkdir()
+        return path
+
+    @staticmethod
+    def publish(staged: Path, final: Path, replace: bool) -> None:
+        """Moves a finished folder to `final`. An existing `final` is replaced only if `replace`,
+        and only now that its successor is complete."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if not final.exists():
+            os.replace(staged, final)
+            return
+        if not replace:
+            raise FileExistsError(f"{final} appeared during the run; it was left untouched")
+        old = final.with_name(f".{final.name}.replaced-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(final, old)
+        os.replace(staged, final)
+        shutil.rmtree(old)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
