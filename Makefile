@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/python -m maps_interpret.synthetic demo $(DEMO)
 	$(BIN)/maps-interpret $(DEMO)/maps test demo gradients \
 	    --participants_tsv $(DEMO)/data/test.tsv --caps_directory $(DEMO)/data/caps \
-	    --save_individual --save_nifti --no-gpu --overwrite --overwrite_name
+	    --save_individual --save_nifti --no-gpu
 	@echo "Maps written under $(DEMO)/maps/split-*/best-loss/test/interpret-demo/"
 
 test: setup

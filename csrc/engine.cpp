@@ -42,8 +42,8 @@ Engine::Engine(const torch::jit::Module& model, EngineOptions options)
   for (auto p : model_.parameters()) p.set_requires_grad(false);
 }
 
-Engine Engine::from_file(const std::string& path, EngineOptions options) {
-  return Engine(torch::jit::load(path, c10::Device("cpu")), std::move(options));
+std::unique_ptr<Engine> Engine::from_file(const std::string& path, EngineOptions options) {
+  return std::make_unique<Engine>(torch::jit::load(path, c10::Device("cpu")), std::move(options));
 }
 
 at::Tensor Engine::compute(const at::Tensor& x) {

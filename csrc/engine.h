@@ -5,6 +5,7 @@
 #include <torch/script.h>
 
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -24,7 +25,7 @@ struct EngineOptions {
 class Engine {
  public:
   Engine(const torch::jit::Module& model, EngineOptions options);
-  static Engine from_file(const std::string& path, EngineOptions options);
+  static std::unique_ptr<Engine> from_file(const std::string& path, EngineOptions options);
 
   // Computes the maps of `batch` (B, C, *spatial), adds each to the running sum of its element id
   // and returns the maps (on the engine's device) only when asked to.

@@ -31,6 +31,11 @@ class _Parser(ArgumentParser):
         return super().add_argument(*args, **kwargs)
 
 
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
 def build_parser() -> ArgumentParser:
     return _Parser(
         InterpretConfig,
@@ -53,11 +58,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from . import api  # heavy imports (torch) only once the command line is valid
 
     try:
-        api.run(config)
+        summary = api.run(config)
     except MapsInterpretError as error:
         if config.verbose:
             logging.getLogger(__name__).exception("failed")
-        print(f"{PROG}: error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; nothing of this run was left in the MAPS", file=sys.stderr)
@@ -65,9 +70,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as error:  # a bug or an environment failure: still one line unless --verbose
         if config.verbose:
             raise
-        print(f"{PROG}: error: {type(error).__name__}: {error} (rerun with --verbose for the traceback)",
+        print(f"{PROG}: error: {type(error).__name__}: {_one_line(error)} (rerun with --verbose for the traceback)",
               file=sys.stderr)
         return 1
+    for folder in summary.outputs:  # stdout: the result, for scripts; logs go to stderr
+        print(folder)
     return 0
 
 

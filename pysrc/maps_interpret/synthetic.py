@@ -1,0 +1,217 @@
+"""Synthetic CAPS and MAPS in ClinicaDL's layouts, made with this project's own code: the demo of
+`make demo`, test data, and benchmark inputs.
+
+Images: an ellipsoid "brain", a blob that is dark for AD and bright for CN, noise and a random global
+intensity scale. The MAPS holds a Conv5_FC3 trained for a few seconds on them (or random weights).
+
+    python -m maps_interpret.synthetic demo DIR     # DIR/data (CAPS + TSVs) and DIR/maps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from .models.conv import conv5_fc3
+
+PATTERN = "*space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz"
+LABEL_CODE = {"AD": 0, "CN": 1}
+MARKER = ".maps-interpret-demo"
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    participant_id: str
+    session_id: str
+    diagnosis: str
+
+
+def make_image(shape: Sequence[int], diagnosis: str, generator: torch.Generator) -> torch.Tensor:
+    """(1, D, H, W) float32 image whose class is visible in one region."""
+    grids = torch.meshgrid(*[torch.linspace(-1, 1, s) for s in shape], indexing="ij")
+    brain = (sum(g ** 2 for g in grids) < 0.8).float()
+    centre = [0.35, -0.2, 0.1][: len(shape)]
+    blob = (sum((g - c) ** 2 for g, c in zip(grids, centre)) < 0.08).float()
+    contrast = -0.6 if diagnosis == "AD" else 0.6
+    noise = 0.1 * torch.randn(tuple(shape), generator=generator)
+    scale = 50 + 100 * torch.rand((), generator=generator)
+    return (scale * (brain * (1 + contrast * blob) + noise)).unsqueeze(0).float()
+
+
+def tensor_path(caps: Path, participant: str, session: str) -> Path:
+    return (caps / "subjects" / participant / session / "deeplearning_prepare_data" / "image_based" / "t1_linear"
+            / f"{participant}_{session}_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.pt")
+
+
+def write_caps(caps: Path, sessions: Sequence[SessionSpec], shape: Sequence[int], seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for spec in sessions:
+        path = tensor_path(caps, spec.participant_id, spec.session_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(make_image(shape, spec.diagnosis, generator), path)
+    (caps / "tensor_extraction").mkdir(parents=True, exist_ok=True)
+    (caps / "tensor_extraction" / "extract_image.json").write_text(json.dumps(
+        {"preprocessing": "t1-linear", "mode": "image", "use_uncropped_image": False, "prepare_dl": False,
+         "extract_json": "extract_image.json",
+         "file_type": {"pattern": PATTERN, "description": "T1w Image registered in MNI152NLin2009cSym space "
+                       "using t1-linear pipeline and cropped", "needed_pipeline": "t1-linear"}}, indent=4))
+
+
+def write_tsv(path: Path, sessions: Sequence[SessionSpec], index: bool = False) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = ("\t" if index else "") + "participant_id\tsession_id\tcohort\tdiagnosis"
+    lines = [header] + [(f"{i}\t" if index else "") + f"{s.participant_id}\t{s.session_id}\tsingle\t{s.diagnosis}"
+                        for i, s in enumerate(sessions)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def maps_parameters(input_size: Sequence[int], caps_directory: str, tsv_path: str, n_splits: int,
+                    architecture: str = "Conv5_FC3") -> dict:
+    """maps.json as `clinicadl train classification` writes it (the keys interpret reads, and a few more)."""
+    return {
+        "architecture": architecture, "multi_network": False, "dropout": 0.0, "selection_metrics": ["loss", "accuracy"],
+        "label": "diagnosis", "label_code": LABEL_CODE, "gpu": False, "n_proc": 1, "batch_size": 2, "seed": 0,
+        "multi_cohort": False, "diagnoses": ["AD", "CN"], "normalize": True, "data_augmentation": False,
+        "size_reduction": False, "size_reduction_factor": 2, "n_splits": n_splits, "network_task": "classification",
+        "caps_directory": caps_directory, "tsv_path": tsv_path,
+        "preprocessing_dict": {"preprocessing": "t1-linear", "mode": "image", "use_uncropped_image": False,
+                               "prepare_dl": False, "extract_json": "extract_image.json",
+                               "file_type": {"pattern": PATTERN, "description": "T1w Image registered in "
+                                             "MNI152NLin2009cSym space", "needed_pipeline": "t1-linear"}},
+        "mode": "image", "validation": "KFoldSplit" if n_splits > 1 else "SingleSplit", "num_networks": 1,
+        "output_size": len(LABEL_CODE), "input_size": list(input_size),
+    }
+
+
+def write_maps(maps: Path, params: dict, splits: dict[int, tuple[list[SessionSpec], list[SessionSpec]]],
+               models: dict[tuple[int, str], dict]) -> None:
+    """A MAPS folder: maps.json, groups (train+validation.tsv, train/ and validation/ per split), and
+    split-<k>/best-<metric>/model.pth.tar for each (split, metric) of `models`."""
+    groups = maps / "groups"
+    groups.mkdir(parents=True, exist_ok=True)
+    (maps / "maps.json").write_text(json.dumps(params, indent=4))
+    every = {(s.participant_id, s.session_id): s for train, val in splits.values() for s in train + val}
+    (groups / "train+validation.tsv").write_text(
+        "participant_id\tsession_id\n" + "".join(f"{p}\t{s}\n" for p, s in every))
+    for split, (train, validation) in splits.items():
+        for name, sessions in (("train", train), ("validation", validation)):
+            folder = groups / name / f"split-{split}"
+            write_tsv(folder / "data.tsv", sessions, index=True)
+            (folder / "maps.json").write_text(json.dumps(
+                {"caps_directory": params["caps_directory"], "multi_cohort": False}, indent=4))
+    for (split, metric), checkpoint in models.items():
+        folder = maps / f"split-{split}" / f"best-{metric}"
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(checkpoint, folder / "model.pth.tar")
+
+
+def train(model: torch.nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
+          val_y: torch.Tensor, seconds: float, seed: int) -> dict[str, dict]:
+    """A few seconds of Adam; returns ClinicaDL checkpoints of the best validation loss and accuracy."""
+    torch.manual_seed(seed)
+    from .transforms import min_max
+
+    train_x = torch.stack([min_max(x) for x in train_x])
+    val_x = torch.stack([min_max(x) for x in val_x])
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    best: dict[str, tuple[float, dict]] = {}
+    deadline, epoch = time.monotonic() + seconds, 0
+    while epoch < 2 or time.monotonic() < deadline:
+        model.train()
+        for start in range(0, len(train_x), 4):
+            optimizer.zero_grad()
+            loss_fn(model(train_x[start:start + 4]), train_y[start:start + 4]).backward()
+            optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            out = model(val_x)
+            scores = {"loss": float(loss_fn(out, val_y)), "accuracy": -float((out.argmax(1) == val_y).float().mean())}
+        for metric, score in scores.items():  # lower is better for both (accuracy negated)
+            if metric not in best or score < best[metric][0]:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best[metric] = (score, {"model": state, "epoch": epoch, "name": "Conv5_FC3"})
+        epoch += 1
+    return {metric: checkpoint for metric, (_, checkpoint) in best.items()}
+
+
+def sessions(prefix: str, n: int, extra_sessions: int = 0) -> list[SessionSpec]:
+    """sub-<prefix>01.. alternating AD/CN; the first `extra_sessions` subjects also have ses-M012."""
+    out = []
+    for i in range(1, n + 1):
+        diagnosis = "AD" if i % 2 else "CN"
+        out.append(SessionSpec(f"sub-{prefix}{i:02d}", "ses-M000", diagnosis))
+        if i <= extra_sessions:
+            out.append(SessionSpec(f"sub-{prefix}{i:02d}", "ses-M012", diagnosis))
+    return out
+
+
+def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 16, n_test: int = 6,
+               seconds: float = 3.0, seed: int = 0, trained: bool = True) -> dict[str, Path]:
+    """DIR/data/caps (all subjects), DIR/data/test.tsv, DIR/maps (2-fold, both splits trained)."""
+    root = Path(root)
+    data, maps = root / "data", root / "maps"
+    caps = data / "caps"
+    train_sessions = sessions("TR", n_train, extra_sessions=2)
+    test_sessions = sessions("TE", n_test, extra_sessions=1)
+    write_caps(caps, train_sessions + test_sessions, shape, seed)
+    write_tsv(data / "labels.tsv", train_sessions)
+    write_tsv(data / "test.tsv", test_sessions)
+    input_size = (1, *shape)
+    splits: dict[int, tuple[list[SessionSpec], list[SessionSpec]]] = {}
+    participants = sorted({s.participant_id for s in train_sessions})
+    for split in range(2):
+        held_out = set(participants[split::2])
+        splits[split] = ([s for s in train_sessions if s.participant_id not in held_out],
+                         [s for s in train_sessions if s.participant_id in held_out])
+    models = {}
+    from .caps import load_tensor
+
+    for split, (train_part, val_part) in splits.items():
+        torch.manual_seed(seed + split)
+        model = conv5_fc3(input_size, output_size=2, dropout=0.0)
+        if trained:
+            xs = [torch.stack([load_tensor(tensor_path(caps, s.participant_id, s.session_id)) for s in part])
+                  for part in (train_part, val_part)]
+            ys = [torch.tensor([LABEL_CODE[s.diagnosis] for s in part]) for part in (train_part, val_part)]
+            checkpoints = train(model, xs[0], ys[0], xs[1], ys[1], seconds / 2, seed + split)
+        else:
+            state = {k: v.clone() for k, v in model.state_dict().items()}
+            checkpoints = {m: {"model": state, "epoch": 0, "name": "Conv5_FC3"} for m in ("loss", "accuracy")}
+        for metric, checkpoint in checkpoints.items():
+            models[(split, metric)] = checkpoint
+    params = maps_parameters(input_size, caps_directory="data/caps", tsv_path="data/split", n_splits=2)
+    write_maps(maps, params, splits, models)
+    return {"root": root, "caps": caps, "maps": maps, "test_tsv": data / "test.tsv"}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m maps_interpret.synthetic",
+                                     description="Write a synthetic CAPS + MAPS (ClinicaDL layouts).")
+    parser.add_argument("what", choices=["demo"])
+    parser.add_argument("directory", type=Path)
+    parser.add_argument("--seconds", type=float, default=3.0, help="training time (default: 3)")
+    args = parser.parse_args(argv)
+    root: Path = args.directory
+    if root.exists():
+        if not (root / MARKER).exists():
+            print(f"{root} exists and was not made by this command: refusing to replace it", file=sys.stderr)
+            return 1
+        shutil.rmtree(root)  # an earlier demo: start afresh so the demo is the same every time
+    root.mkdir(parents=True)
+    (root / MARKER).write_text("made by python -m maps_interpret.synthetic demo\n")
+    paths = build_demo(root, seconds=args.seconds)
+    print(f"demo CAPS: {paths['caps']}\ndemo MAPS: {paths['maps']}\ntest participants: {paths['test_tsv']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

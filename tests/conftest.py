@@ -1,0 +1,47 @@
+"""Pytest fixtures: the ClinicaDL 1.6.1 oracle (../shared/fixtures) and synthetic MAPS."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from helpers import fixture_root
+
+
+@pytest.fixture(scope="session")
+def clinicadl_fixture() -> Path:
+    root = fixture_root()
+    if root is None:
+        pytest.skip("ClinicaDL 1.6.1 fixture not found: set MAPS_INTERPRET_FIXTURES or place it in ../shared/fixtures")
+    return root
+
+
+@pytest.fixture
+def fixture_workdir(clinicadl_fixture: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A writable copy of the fixture's data/ and clean MAPS, as the fixture README says to run it
+    (from its root, because the MAPS store relative CAPS paths)."""
+    shutil.copytree(clinicadl_fixture / "data", tmp_path / "data")
+    shutil.copytree(clinicadl_fixture / "maps_image_cls_clean", tmp_path / "maps_image_cls")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def synthetic_demo(tmp_path_factory) -> Path:
+    """A small synthetic CAPS + MAPS (two splits, random weights), built once."""
+    from maps_interpret.synthetic import build_demo
+
+    root = tmp_path_factory.mktemp("synthetic") / "demo"
+    build_demo(root, shape=(12, 14, 10), n_train=8, n_test=3, trained=False)
+    return root
+
+
+@pytest.fixture
+def demo(synthetic_demo: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A writable copy of the synthetic demo; the working directory is its root."""
+    root = tmp_path / "demo"
+    shutil.copytree(synthetic_demo, root)
+    monkeypatch.chdir(root)
+    return root

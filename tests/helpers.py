@@ -1,0 +1,40 @@
+"""Helpers shared by the tests (conftest.py holds the pytest fixtures)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURE_NAME = "clinicadl-1.6.1"
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def fixture_root() -> Path | None:
+    """MAPS_INTERPRET_FIXTURES, else shared/fixtures inside or beside the checkout."""
+    candidates = [os.environ.get("MAPS_INTERPRET_FIXTURES"), REPO / "shared" / "fixtures" / FIXTURE_NAME,
+                  REPO.parent / "shared" / "fixtures" / FIXTURE_NAME]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "maps_image_cls_clean" / "maps.json").is_file():
+            return Path(candidate)
+    return None
+
+
+def tree_digest(path: Path) -> dict[str, str]:
+    """Every file and folder under `path` with a hash of its content, to prove a MAPS unchanged."""
+    out = {}
+    for entry in sorted(Path(path).rglob("*")):
+        rel = str(entry.relative_to(path))
+        out[rel] = hashlib.sha256(entry.read_bytes()).hexdigest() if entry.is_file() else "dir"
+    return out
+
+
+def assert_close_to_reference(ours: torch.Tensor, reference: torch.Tensor, what: str, rtol: float = 1e-5) -> None:
+    """Equal within `rtol` of the reference map's largest absolute value."""
+    assert ours.shape == reference.shape, f"{what}: shape {tuple(ours.shape)} != {tuple(reference.shape)}"
+    scale = reference.abs().max().item()
+    error = (ours.float() - reference.float()).abs().max().item()
+    assert error <= rtol * scale, f"{what}: max error {error:.3g} > {rtol} x {scale:.3g}"

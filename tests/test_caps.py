@@ -1,0 +1,95 @@
+"""CAPS tensor resolution and the preprocessing of each element (ClinicaDL's evaluation transforms)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from maps_interpret.caps import ImageDataset, Session, check_caps, collate, image_tensor_path
+from maps_interpret.errors import MapsInterpretError
+from maps_interpret.transforms import Preprocess, min_max, nan_removal, size_reduction
+
+PREP = {"preprocessing": "t1-linear",
+        "file_type": {"pattern": "*space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz"}}
+NAME = "sub-01_ses-M000_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w"
+
+
+def session_dir(caps: Path) -> Path:
+    folder = caps / "subjects" / "sub-01" / "ses-M000"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def test_tensor_next_to_the_nifti(tmp_path):
+    folder = session_dir(tmp_path)
+    (folder / "t1_linear").mkdir()
+    (folder / "t1_linear" / f"{NAME}.nii.gz").write_bytes(b"")
+    tensor = folder / "deeplearning_prepare_data" / "image_based" / "t1_linear" / f"{NAME}.pt"
+    with pytest.raises(MapsInterpretError, match="extract the tensors with `clinicadl prepare-data image"):
+        image_tensor_path(tmp_path, "sub-01", "ses-M000", PREP)
+    tensor.parent.mkdir(parents=True)
+    tensor.write_bytes(b"")
+    assert image_tensor_path(tmp_path, "sub-01", "ses-M000", PREP) == tensor
+
+
+def test_tensor_only_caps_and_case_insensitive_pattern(tmp_path):
+    folder = session_dir(tmp_path) / "deeplearning_prepare_data" / "image_based" / "t1_linear"
+    folder.mkdir(parents=True)
+    tensor = folder / f"{NAME.replace('desc-Crop', 'DESC-crop')}.pt"
+    tensor.write_bytes(b"")
+    assert image_tensor_path(tmp_path, "sub-01", "ses-M000", PREP) == tensor
+    (folder.parent / "copy").mkdir()
+    (folder.parent / "copy" / f"{NAME}.pt").write_bytes(b"")
+    with pytest.raises(MapsInterpretError, match="2 tensors match"):
+        image_tensor_path(tmp_path, "sub-01", "ses-M000", PREP)
+
+
+def test_missing_image_and_bids_folder(tmp_path):
+    session_dir(tmp_path)
+    with pytest.raises(MapsInterpretError, match="no image of sub-01 ses-M000"):
+        image_tensor_path(tmp_path, "sub-01", "ses-M000", PREP)
+    (tmp_path / "sub-01").mkdir()
+    with pytest.raises(MapsInterpretError, match="looks like a BIDS folder"):
+        check_caps(tmp_path)
+    with pytest.raises(MapsInterpretError, match="does not exist"):
+        check_caps(tmp_path / "nothing")
+
+
+def test_transforms_follow_clinicadl():
+    x = torch.tensor([[1.0, float("nan")], [float("inf"), 3.0]])
+    assert torch.equal(nan_removal(x), torch.tensor([[1.0, 0.0], [torch.finfo(torch.float32).max, 3.0]]))
+    only_inf = torch.tensor([1.0, float("inf")])
+    assert nan_removal(only_inf) is only_inf  # untouched without NaN, as in ClinicaDL
+    y = torch.tensor([[2.0, 4.0], [6.0, 10.0]])
+    assert torch.equal(min_max(y), (y - 2) / 8)
+    big = torch.arange(169 * 208 * 179, dtype=torch.float32).view(1, 169, 208, 179)
+    reduced = size_reduction(big, 2)
+    assert reduced.shape == (1, 80, 96, 80) and reduced[0, 0, 0, 0] == big[0, 4, 8, 8]
+    assert Preprocess(normalize=True, size_reduction_factor=3)(big).shape == (1, 56, 64, 56)
+
+
+def test_preprocess_from_maps_parameters():
+    assert Preprocess.from_params({"normalize": False, "size_reduction": False, "size_reduction_factor": 2}) == \
+        Preprocess(normalize=False, size_reduction_factor=None)
+    with pytest.raises(MapsInterpretError, match="size_reduction_factor 7"):
+        Preprocess.from_params({"normalize": True, "size_reduction": True, "size_reduction_factor": 7})
+
+
+def test_dataset_reports_bad_elements_as_one_line(tmp_path):
+    good, constant, wrong, text = (tmp_path / f"{n}.pt" for n in ("good", "constant", "wrong", "text"))
+    torch.save(torch.rand(1, 4, 5, 6), good)
+    torch.save(torch.ones(1, 4, 5, 6), constant)
+    torch.save(torch.rand(1, 4, 5, 7), wrong)
+    text.write_text("not a tensor")
+    sessions = [Session("sub-01", "ses-M000", p) for p in (good, constant, wrong, text)]
+    dataset = ImageDataset(sessions, Preprocess(), (1, 4, 5, 6))
+    image, element, index, error = dataset[0]
+    assert error is None and element == 0 and index == 0 and image.min() == 0 and image.max() == 1
+    assert "constant image cannot be min-max normalised" in dataset[1][3]
+    assert "has shape (1, 4, 5, 7) but the model was trained on (1, 4, 5, 6)" in dataset[2][3]
+    assert "cannot read tensor" in dataset[3][3]
+    batch = collate([dataset[0], dataset[0]])
+    assert batch.images.shape == (2, 1, 4, 5, 6) and batch.error is None
+    assert collate([dataset[0], dataset[1]]).error == dataset[1][3]

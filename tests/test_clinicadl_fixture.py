@@ -1,0 +1,104 @@
+"""End to end against the real ClinicaDL 1.6.1 (../shared/fixtures/clinicadl-1.6.1): every `gradients`
+command of the fixture, run with maps-interpret instead of `clinicadl interpret`, writes the same files
+with the same maps (within 1e-5 of each map's largest absolute value)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import pytest
+import torch
+
+from helpers import assert_close_to_reference, fixture_root
+
+pytestmark = pytest.mark.slow
+ROOT = fixture_root()
+
+
+def fixture_commands(method: str) -> list[list[str]]:
+    """`clinicadl interpret` argument lists of the fixture for `method`, in the order they were run."""
+    commands = []
+    for line in (ROOT / "commands.log").read_text().splitlines():
+        words = shlex.split(line)
+        if words[:2] == ["clinicadl", "interpret"] and words[5] == method:
+            commands.append(words[2:])
+    return commands
+
+
+def reference_folders(method: str) -> list[str]:
+    if ROOT is None:
+        return []
+    runs = json.loads((ROOT / "interpret_runs.json").read_text())["maps_image_cls"]
+    names = {name for name, run in runs.items() if run["method"] == method}
+    maps = ROOT / "maps_image_cls"
+    return sorted(str(p.relative_to(maps)) for p in maps.glob("split-*/best-*/*/interpret-*")
+                  if p.name.removeprefix("interpret-") in names)
+
+
+def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "maps_interpret", *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def gradients_run(clinicadl_fixture, tmp_path_factory) -> Path:
+    work = tmp_path_factory.mktemp("fixture")
+    shutil.copytree(clinicadl_fixture / "data", work / "data")
+    shutil.copytree(clinicadl_fixture / "maps_image_cls_clean", work / "maps_image_cls")
+    commands = fixture_commands("gradients")
+    assert len(commands) == 4
+    for args in commands:
+        result = run_cli(args, work)
+        assert result.returncode == 0, f"{shlex.join(args)}\n{result.stderr}"
+    return work
+
+
+@pytest.mark.parametrize("folder", reference_folders("gradients") or [pytest.param("", marks=pytest.mark.skip(
+    reason="ClinicaDL fixture not found"))])
+def test_same_files_and_maps_as_clinicadl(gradients_run, clinicadl_fixture, folder):
+    reference = clinicadl_fixture / "maps_image_cls" / folder
+    ours = gradients_run / "maps_image_cls" / folder
+    assert ours.is_dir(), f"{folder} was not written"
+    assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in reference.iterdir())
+    for ref_file in sorted(reference.glob("*.pt")):
+        ref_map = torch.load(ref_file, weights_only=True)
+        our_map = torch.load(ours / ref_file.name, weights_only=True)
+        assert our_map.dtype == torch.float32 and not our_map.requires_grad
+        assert our_map.untyped_storage().nbytes() == our_map.numel() * 4, "a .pt must hold only its own map"
+        assert_close_to_reference(our_map, ref_map, f"{folder}/{ref_file.name}")
+    for nifti in sorted(ours.glob("*.nii.gz")):
+        image = nib.load(nifti)
+        # Ours is the 3-D volume (ClinicaDL writes a 4-D (1, D, H, W) image, its x axis being the channel).
+        volume = torch.from_numpy(image.get_fdata(dtype="float32"))
+        assert image.get_data_dtype() == "float32" and volume.dim() == 3
+        pt = torch.load(ours / nifti.name.replace(".nii.gz", ".pt"), weights_only=True)
+        assert torch.equal(volume, pt[0])
+
+
+def test_group_created_as_clinicadl_does(gradients_run, clinicadl_fixture):
+    for name in ("data.tsv", "maps.json"):
+        ours = (gradients_run / "maps_image_cls" / "groups" / "test" / name).read_text()
+        theirs = (clinicadl_fixture / "maps_image_cls" / "groups" / "test" / name).read_text()
+        if name.endswith(".json"):
+            assert json.loads(ours) == json.loads(theirs)
+        else:
+            assert ours.splitlines() == theirs.splitlines()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_batch_size_does_not_change_the_maps(fixture_workdir, clinicadl_fixture, batch_size):
+    from maps_interpret.cli import main
+
+    args = ["maps_image_cls", "test", "gradients_test", "gradients", "--participants_tsv", "data/tsv/test.tsv",
+            "--caps_directory", "data/caps_test", "--save_individual", "--no-gpu", "-np", "0",
+            "--batch_size", str(batch_size)]
+    assert main(args) == 0
+    folder = "split-0/best-loss/test/interpret-gradients_test"
+    for ref_file in sorted((clinicadl_fixture / "maps_image_cls" / folder).glob("*.pt")):
+        ours = torch.load(fixture_workdir / "maps_image_cls" / folder / ref_file.name, weights_only=True)
+        assert_close_to_reference(ours, torch.load(ref_file, weights_only=True), f"batch {batch_size}: {ref_file.name}")

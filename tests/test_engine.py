@@ -1,0 +1,167 @@
+"""The C++ engine against its pure-PyTorch twin (reference.py), on random models and inputs."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from maps_interpret.engine import Engine, EngineError
+from maps_interpret.models.conv import conv4_fc3, conv5_fc3
+from maps_interpret.models.export import load_torchscript, to_torchscript
+from maps_interpret.reference import ReferenceEngine, reference_gradients
+
+from helpers import DEVICES
+
+# Same kernels on both sides, so CPU results agree to float rounding of the reduction order at most.
+RTOL = 1e-6
+
+
+def random_model(builder, input_size, outputs=3, seed=0):
+    torch.manual_seed(seed)
+    model = builder(input_size, output_size=outputs, dropout=0.5)
+    for module in model.modules():  # non-trivial running statistics: eval-mode BatchNorm matters
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    return model.eval()
+
+
+def close(a: torch.Tensor, b: torch.Tensor, rtol: float = RTOL) -> bool:
+    return (a.cpu() - b.cpu()).abs().max().item() <= rtol * max(b.abs().max().item(), 1e-30)
+
+
+CASES = [
+    pytest.param(conv5_fc3, (1, 17, 12, 9), id="conv5-3d-odd"),
+    pytest.param(conv4_fc3, (2, 16, 14, 20), id="conv4-3d-2ch"),
+    pytest.param(conv5_fc3, (3, 33, 20), id="conv5-2d-rgb"),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("builder,input_size", CASES)
+def test_maps_and_sums_equal_the_reference(builder, input_size, device):
+    model = random_model(builder, input_size)
+    engine = Engine(to_torchscript(random_model(builder, input_size)), device=device, target=2)
+    twin = ReferenceEngine(model, device=device, target=2)
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(3, *input_size, generator=generator), [0, 4, 0]),
+               (torch.randn(2, *input_size, generator=generator), [4, 1]),
+               (torch.randn(1, *input_size, generator=generator), [0])]
+    for batch, ids in batches:
+        ours = engine.accumulate(batch, ids, return_maps=True)
+        theirs = twin.accumulate(batch, ids, return_maps=True)
+        assert ours.shape == batch.shape and ours.dtype == torch.float32
+        assert ours.device.type == device
+        assert close(ours, theirs)
+    assert engine.counts() == twin.counts() == {0: 3, 1: 1, 4: 2}
+    for element, mean in twin.means().items():
+        assert close(engine.means()[element], mean)
+        assert close(engine.sums()[element], twin.sums()[element])
+
+
+def test_gradient_is_of_the_target_node_only():
+    model = random_model(conv5_fc3, (1, 8, 8, 8), outputs=2)
+    x = torch.randn(2, 1, 8, 8, 8)
+    grads = [Engine(to_torchscript(model), target=t).accumulate(x, [0, 0], return_maps=True) for t in (0, 1)]
+    assert not close(grads[0], grads[1])
+    # Numerical check of d out[:, 1] / d x at one voxel of sample 0 (float64 copy of the model).
+    model64 = model.double()
+    x64 = x.double()
+    eps = 1e-6
+    bumped = x64.clone()
+    bumped[0, 0, 3, 4, 5] += eps
+    with torch.no_grad():
+        slope = (model64(bumped)[0, 1] - model64(x64)[0, 1]) / eps
+    assert abs(slope.item() - grads[1][0, 0, 3, 4, 5].item()) <= 1e-4 * grads[1].abs().max().item()
+
+
+def test_samples_do_not_mix_in_a_batch():
+    model = random_model(conv5_fc3, (1, 10, 10, 10))
+    x = torch.randn(4, 1, 10, 10, 10)
+    together = Engine(to_torchscript(model)).accumulate(x, [0] * 4, return_maps=True)
+    alone = torch.cat([reference_gradients(model, x[i:i + 1], 0) for i in range(4)])
+    assert close(together, alone, rtol=1e-5)
+
+
+def test_no_maps_returned_unless_asked_and_inputs_untouched():
+    model = random_model(conv5_fc3, (1, 8, 8, 8))
+    scripted = to_torchscript(model)
+    engine = Engine(scripted)
+    x = torch.randn(2, 1, 8, 8, 8)
+    copy = x.clone()
+    assert engine.accumulate(x, [0, 0]) is None
+    assert torch.equal(x, copy) and not x.requires_grad
+    assert all(p.grad is None for p in scripted.parameters())  # the engine works on its own copy
+    assert engine.counts() == {0: 2}
+
+
+def test_loads_a_torchscript_file(tmp_path):
+    model = random_model(conv5_fc3, (1, 8, 8, 8))
+    path = tmp_path / "model.pt"
+    to_torchscript(model).save(str(path))
+    x = torch.randn(2, 1, 8, 8, 8)
+    from_file = Engine(path).accumulate(x, [0, 0], return_maps=True)
+    from_module = Engine(load_torchscript(path)).accumulate(x, [0, 0], return_maps=True)
+    assert torch.equal(from_file, from_module)
+    assert close(from_file, reference_gradients(model, x, 0))
+
+
+def test_threads_share_one_engine_safely():
+    model = random_model(conv5_fc3, (1, 8, 8, 8))
+    engine = Engine(to_torchscript(model))
+    batches = [torch.randn(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(i)) for i in range(6)]
+    threads = [threading.Thread(target=engine.accumulate, args=(b, [0, 1])) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    twin = ReferenceEngine(model)
+    for b in batches:
+        twin.accumulate(b, [0, 1])
+    assert engine.counts() == {0: 6, 1: 6}
+    assert close(engine.sums()[0], twin.sums()[0], rtol=1e-5)  # order of the sum may differ
+
+
+@pytest.mark.parametrize("kwargs,batch,ids,message", [
+    ({"target": 3}, torch.randn(1, 1, 8, 8, 8), [0], "target node 3 is out of range: the model has 3 output"),
+    ({}, torch.randn(2, 1, 8, 8, 8), [0], "got 1 element ids for a batch of 2"),
+    ({}, torch.zeros(1, 1, 8, 8, 8, dtype=torch.int64), [0], "floating-point"),
+    ({}, torch.randn(8, 8), [0] * 8, "a batch must be (B, C, *spatial)"),
+])
+def test_errors_are_one_line(kwargs, batch, ids, message):
+    engine = Engine(to_torchscript(random_model(conv5_fc3, (1, 8, 8, 8))), **kwargs)
+    with pytest.raises(EngineError) as error:
+        engine.accumulate(batch, ids)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_device_and_options_are_checked():
+    scripted = to_torchscript(random_model(conv5_fc3, (1, 8, 8, 8)))
+    with pytest.raises(EngineError, match="unsupported device 'mps'|Expected one of"):
+        Engine(scripted, device="mps")
+    with pytest.raises(EngineError, match="unknown attribution method"):
+        Engine(scripted, method="occlusion")
+    with pytest.raises(ValueError, match="amp must be"):
+        Engine(scripted, amp=torch.float64)
+    if not torch.cuda.is_available():
+        with pytest.raises(EngineError, match="no CUDA GPU is visible"):
+            Engine(scripted, device="cuda")
+    with pytest.raises(TypeError):
+        Engine(object())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_amp_maps_correlate_with_float32(dtype):
+    model = random_model(conv5_fc3, (1, 40, 48, 40), outputs=2)
+    x = torch.randn(4, 1, 40, 48, 40)
+    exact = Engine(to_torchscript(model), device="cuda").accumulate(x, [0] * 4, return_maps=True).cpu()
+    mixed = Engine(to_torchscript(model), device="cuda", amp=dtype).accumulate(x, [0] * 4, return_maps=True).cpu()
+    assert mixed.dtype == torch.float32
+    correlation = torch.corrcoef(torch.stack([exact.flatten(), mixed.flatten()]))[0, 1].item()
+    assert correlation > 0.99, correlation

@@ -1,0 +1,75 @@
+"""Atomic writes and staged folders: nothing half-written is ever visible, nothing replaced unasked."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from maps_interpret import writers
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "data.tsv"
+    target.write_text("old")
+
+    def failing_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        writers.atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.tsv"]
+
+
+def test_saved_maps_are_compact(tmp_path):
+    batch = torch.randn(8, 1, 10, 10, 10)
+    writers.save_tensor(batch[5], tmp_path / "one.pt")
+    loaded = torch.load(tmp_path / "one.pt", weights_only=True)
+    assert torch.equal(loaded, batch[5]) and loaded.untyped_storage().nbytes() == 4000
+
+
+def test_nifti_is_float32(tmp_path):
+    import nibabel as nib
+
+    volume = torch.randn(4, 5, 6).numpy()
+    writers.save_nifti(volume, tmp_path / "map.nii.gz")
+    image = nib.load(tmp_path / "map.nii.gz")
+    assert image.shape == (4, 5, 6) and image.get_data_dtype() == "float32"
+    assert (image.get_fdata(dtype="float32") == volume).all()
+    assert [p.name for p in tmp_path.iterdir()] == ["map.nii.gz"]
+
+
+def test_staging_publish_and_replace(tmp_path):
+    final = tmp_path / "split-0" / "best-loss" / "test" / "interpret-x"
+    with writers.Staging(tmp_path) as staging:
+        first = staging.new_dir()
+        (first / "a.pt").write_text("1")
+        writers.Staging.publish(first, final, replace=False)
+        second = staging.new_dir()
+        (second / "b.pt").write_text("2")
+        with pytest.raises(FileExistsError):
+            writers.Staging.publish(second, final, replace=False)
+        writers.Staging.publish(second, final, replace=True)
+    assert [p.name for p in final.iterdir()] == ["b.pt"]
+    assert sorted(p.name for p in final.parent.iterdir()) == ["interpret-x"]
+    assert not (tmp_path / writers.STAGING_DIRNAME).exists()
+
+
+def test_failed_run_removes_its_staging(tmp_path):
+    with pytest.raises(RuntimeError):
+        with writers.Staging(tmp_path) as staging:
+            (staging.new_dir() / "partial.pt").write_text("x")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_tree(tmp_path):
+    folder = tmp_path / "results"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "f").write_text("x")
+    writers.remove_tree(folder)
+    writers.remove_tree(folder)  # absent: nothing to do
+    assert list(tmp_path.iterdir()) == []
