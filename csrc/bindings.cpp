@@ -9,6 +9,20 @@ namespace py = pybind11;
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "maps_interpret C++ core: attribution maps and per-element statistics on LibTorch";
+  // c10 errors become Python exceptions with their message only. what() would also symbolise a C++
+  // backtrace, which is slow, noisy, and was seen to crash on one GPU image.
+  py::register_local_exception_translator([](std::exception_ptr error) {
+    try {
+      if (error) std::rethrow_exception(error);
+    } catch (const c10::IndexError& e) {
+      PyErr_SetString(PyExc_IndexError, e.what_without_backtrace());
+    } catch (const c10::ValueError& e) {
+      PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+    } catch (const c10::Error& e) {
+      PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    }
+  });
+
   m.def("built_against", [] { return std::string(MI_TORCH_VERSION); },
         "Version of torch this extension was compiled against.");
 

@@ -1,5 +1,6 @@
 #include "engine.h"
 
+#include <ATen/Context.h>
 #include <torch/cuda.h>
 
 #include "methods/gradients.h"
@@ -36,6 +37,14 @@ Engine::Engine(const torch::jit::Module& model, EngineOptions options)
       model_(model.clone()) {  // own copy: moving it to the device leaves the caller's intact
   TORCH_CHECK(options_.method == "gradients", "unknown attribution method '", options_.method, "'");
   TORCH_CHECK(options_.target >= 0, "target node must be >= 0, got ", options_.target);
+  if (device_.is_cuda() && !amp_.has_value()) {
+    // float32 means float32: torch lets cuDNN convolutions use TensorFloat-32 by default (~1e-3 relative
+    // error on H100). This is process-wide; the engine owns its process. --amp is the fast path.
+    at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV,
+                                            at::Float32Precision::IEEE);
+    at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL,
+                                            at::Float32Precision::IEEE);
+  }
   model_.to(device_);
   model_.eval();
   // Frozen weights: autograd then computes the input gradient only, never weight gradients.

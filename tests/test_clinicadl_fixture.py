@@ -45,16 +45,24 @@ def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "maps_interpret", *args], cwd=cwd, capture_output=True, text=True)
 
 
-@pytest.fixture(scope="module")
-def gradients_run(clinicadl_fixture, tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("fixture")
+CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                        reason="needs a CUDA GPU")])
+
+
+@pytest.fixture(scope="module", params=["cpu", CUDA])
+def gradients_run(request, clinicadl_fixture, tmp_path_factory) -> Path:
+    """The fixture's gradients commands, as typed (--no-gpu), or on the GPU (--gpu instead)."""
+    work = tmp_path_factory.mktemp(f"fixture-{request.param}")
     shutil.copytree(clinicadl_fixture / "data", work / "data")
     shutil.copytree(clinicadl_fixture / "maps_image_cls_clean", work / "maps_image_cls")
     commands = fixture_commands("gradients")
     assert len(commands) == 4
     for args in commands:
+        if request.param == "cuda":
+            args = ["--gpu" if word == "--no-gpu" else word for word in args]
         result = run_cli(args, work)
         assert result.returncode == 0, f"{shlex.join(args)}\n{result.stderr}"
+        assert f"on {request.param}" in result.stderr
     return work
 
 
