@@ -31,7 +31,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("device", &mi::EngineOptions::device)
       .def_readwrite("method", &mi::EngineOptions::method)
       .def_readwrite("target", &mi::EngineOptions::target)
-      .def_readwrite("amp", &mi::EngineOptions::amp);
+      .def_readwrite("amp", &mi::EngineOptions::amp)
+      .def_readwrite("cam_variant", &mi::EngineOptions::cam_variant);
 
   py::class_<mi::Engine>(m, "Engine")
       .def(py::init<const torch::jit::Module&, mi::EngineOptions>(), py::arg("module"),

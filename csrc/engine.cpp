@@ -3,6 +3,7 @@
 #include <ATen/Context.h>
 #include <torch/cuda.h>
 
+#include "methods/grad_cam.h"
 #include "methods/gradients.h"
 
 namespace mi {
@@ -35,7 +36,10 @@ Engine::Engine(const torch::jit::Module& model, EngineOptions options)
       device_(parse_device(options_.device)),
       amp_(parse_amp(options_.amp)),
       model_(model.clone()) {  // own copy: moving it to the device leaves the caller's intact
-  TORCH_CHECK(options_.method == "gradients", "unknown attribution method '", options_.method, "'");
+  TORCH_CHECK(options_.method == "gradients" || options_.method == "grad-cam", "unknown attribution method '",
+              options_.method, "': use gradients or grad-cam");
+  TORCH_CHECK(options_.cam_variant == "published" || options_.cam_variant == "clinicadl",
+              "unknown Grad-CAM variant '", options_.cam_variant, "': use published or clinicadl");
   TORCH_CHECK(options_.target >= 0, "target node must be >= 0, got ", options_.target);
   if (device_.is_cuda() && !amp_.has_value()) {
     // float32 means float32: torch lets cuDNN convolutions use TensorFloat-32 by default (~1e-3 relative
@@ -49,6 +53,13 @@ Engine::Engine(const torch::jit::Module& model, EngineOptions options)
   model_.eval();
   // Frozen weights: autograd then computes the input gradient only, never weight gradients.
   for (auto p : model_.parameters()) p.set_requires_grad(false);
+  if (options_.method == "grad-cam") {
+    TORCH_CHECK(model_.hasattr("trunk") && model_.hasattr("head"),
+                "grad-cam needs a model with `trunk` (input -> feature map) and `head` (feature map -> outputs) "
+                "submodules");
+    trunk_ = model_.attr("trunk").toModule();
+    head_ = model_.attr("head").toModule();
+  }
 }
 
 std::unique_ptr<Engine> Engine::from_file(const std::string& path, EngineOptions options) {
@@ -56,6 +67,10 @@ std::unique_ptr<Engine> Engine::from_file(const std::string& path, EngineOptions
 }
 
 at::Tensor Engine::compute(const at::Tensor& x) {
+  if (trunk_.has_value()) {
+    const auto variant = options_.cam_variant == "clinicadl" ? CamVariant::kClinicaDL : CamVariant::kPublished;
+    return grad_cam(*trunk_, *head_, x, options_.target, amp_, variant);
+  }
   return input_gradients(model_, x, options_.target, amp_);
 }
 

@@ -20,6 +20,7 @@ struct EngineOptions {
   std::string method = "gradients";
   int64_t target = 0;           // output node whose gradient is taken
   std::string amp = "none";     // autocast dtype of the forward pass: none, bfloat16, float16
+  std::string cam_variant = "published";  // grad-cam only: published or clinicadl
 };
 
 class Engine {
@@ -46,6 +47,7 @@ class Engine {
   c10::Device device_;
   std::optional<c10::ScalarType> amp_;
   torch::jit::Module model_;
+  std::optional<torch::jit::Module> trunk_, head_;  // grad-cam: the model's `trunk` and `head` submodules
   ElementSums sums_;
   mutable std::mutex mutex_;  // Python threads may call in parallel (the GIL is released)
 };

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from maps_interpret.caps import ImageDataset, Session, check_caps, collate, image_tensor_path
+from maps_interpret.caps import SessionDataset, Session, check_caps, image_tensor_path, rebatch
+from maps_interpret.elements import ImageLayout
 from maps_interpret.errors import MapsInterpretError
 from maps_interpret.transforms import Preprocess, min_max, nan_removal, size_reduction
 
@@ -84,12 +85,14 @@ def test_dataset_reports_bad_elements_as_one_line(tmp_path):
     torch.save(torch.rand(1, 4, 5, 7), wrong)
     text.write_text("not a tensor")
     sessions = [Session("sub-01", "ses-M000", p) for p in (good, constant, wrong, text)]
-    dataset = ImageDataset(sessions, Preprocess(), (1, 4, 5, 6))
-    image, element, index, error = dataset[0]
-    assert error is None and element == 0 and index == 0 and image.min() == 0 and image.max() == 1
-    assert "constant image cannot be min-max normalised" in dataset[1][3]
-    assert "has shape (1, 4, 5, 7) but the model was trained on (1, 4, 5, 6)" in dataset[2][3]
-    assert "cannot read tensor" in dataset[3][3]
-    batch = collate([dataset[0], dataset[0]])
-    assert batch.images.shape == (2, 1, 4, 5, 6) and batch.error is None
-    assert collate([dataset[0], dataset[1]]).error == dataset[1][3]
+    dataset = SessionDataset(sessions, ImageLayout(), Preprocess(), (1, 4, 5, 6), [0])
+    item = dataset[0]
+    assert item.error is None and item.element_ids == [0] and item.session_index == 0
+    assert item.elements.shape == (1, 1, 4, 5, 6) and item.elements.min() == 0 and item.elements.max() == 1
+    assert "constant image cannot be min-max normalised" in dataset[1].error
+    assert "has shape (1, 4, 5, 7) but the model was trained on (1, 4, 5, 6)" in dataset[2].error
+    assert "cannot read tensor" in dataset[3].error
+    batches = list(rebatch([dataset[0], dataset[0], dataset[0]], batch_size=2))
+    assert [b.images.shape[0] for b in batches] == [2, 1] and batches[1].session_index == [0]
+    with pytest.raises(MapsInterpretError, match="constant image"):
+        list(rebatch([dataset[0], dataset[1]], batch_size=1))

@@ -1,6 +1,7 @@
-"""End to end against the real ClinicaDL 1.6.1 (../shared/fixtures/clinicadl-1.6.1): every `gradients`
-command of the fixture, run with maps-interpret instead of `clinicadl interpret`, writes the same files
-with the same maps (within 1e-5 of each map's largest absolute value)."""
+"""End to end against the real ClinicaDL 1.6.1 (../shared/fixtures/clinicadl-1.6.1): every `interpret`
+command of the fixture, run with maps-interpret instead of `clinicadl interpret` (the grad-cam ones with
+`--compat clinicadl`), writes the same files with the same maps (within 1e-5 of each map's largest
+absolute value)."""
 
 from __future__ import annotations
 
@@ -21,24 +22,22 @@ pytestmark = pytest.mark.slow
 ROOT = fixture_root()
 
 
-def fixture_commands(method: str) -> list[list[str]]:
-    """`clinicadl interpret` argument lists of the fixture for `method`, in the order they were run."""
+def fixture_commands() -> list[list[str]]:
+    """`clinicadl interpret` argument lists of the fixture, in the order they were run (the first one
+    creates the data group the others use)."""
     commands = []
     for line in (ROOT / "commands.log").read_text().splitlines():
         words = shlex.split(line)
-        if words[:2] == ["clinicadl", "interpret"] and words[5] == method:
-            commands.append(words[2:])
+        if words[:2] == ["clinicadl", "interpret"]:
+            commands.append(words[2:] + (["--compat", "clinicadl"] if words[5] == "grad-cam" else []))
     return commands
 
 
-def reference_folders(method: str) -> list[str]:
+def reference_folders() -> list[str]:
     if ROOT is None:
         return []
-    runs = json.loads((ROOT / "interpret_runs.json").read_text())["maps_image_cls"]
-    names = {name for name, run in runs.items() if run["method"] == method}
     maps = ROOT / "maps_image_cls"
-    return sorted(str(p.relative_to(maps)) for p in maps.glob("split-*/best-*/*/interpret-*")
-                  if p.name.removeprefix("interpret-") in names)
+    return sorted(str(p.relative_to(maps)) for p in maps.glob("split-*/best-*/*/interpret-*"))
 
 
 def run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -50,13 +49,13 @@ CUDA = pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torc
 
 
 @pytest.fixture(scope="module", params=["cpu", CUDA])
-def gradients_run(request, clinicadl_fixture, tmp_path_factory) -> Path:
-    """The fixture's gradients commands, as typed (--no-gpu), or on the GPU (--gpu instead)."""
+def fixture_run(request, clinicadl_fixture, tmp_path_factory) -> Path:
+    """The fixture's commands, as typed (--no-gpu), or on the GPU (--gpu instead)."""
     work = tmp_path_factory.mktemp(f"fixture-{request.param}")
     shutil.copytree(clinicadl_fixture / "data", work / "data")
     shutil.copytree(clinicadl_fixture / "maps_image_cls_clean", work / "maps_image_cls")
-    commands = fixture_commands("gradients")
-    assert len(commands) == 4
+    commands = fixture_commands()
+    assert len(commands) == 7
     for args in commands:
         if request.param == "cuda":
             args = ["--gpu" if word == "--no-gpu" else word for word in args]
@@ -66,11 +65,11 @@ def gradients_run(request, clinicadl_fixture, tmp_path_factory) -> Path:
     return work
 
 
-@pytest.mark.parametrize("folder", reference_folders("gradients") or [pytest.param("", marks=pytest.mark.skip(
+@pytest.mark.parametrize("folder", reference_folders() or [pytest.param("", marks=pytest.mark.skip(
     reason="ClinicaDL fixture not found"))])
-def test_same_files_and_maps_as_clinicadl(gradients_run, clinicadl_fixture, folder):
+def test_same_files_and_maps_as_clinicadl(fixture_run, clinicadl_fixture, folder):
     reference = clinicadl_fixture / "maps_image_cls" / folder
-    ours = gradients_run / "maps_image_cls" / folder
+    ours = fixture_run / "maps_image_cls" / folder
     assert ours.is_dir(), f"{folder} was not written"
     assert sorted(p.name for p in ours.iterdir()) == sorted(p.name for p in reference.iterdir())
     for ref_file in sorted(reference.glob("*.pt")):
@@ -82,15 +81,16 @@ def test_same_files_and_maps_as_clinicadl(gradients_run, clinicadl_fixture, fold
     for nifti in sorted(ours.glob("*.nii.gz")):
         image = nib.load(nifti)
         # Ours is the 3-D volume (ClinicaDL writes a 4-D (1, D, H, W) image, its x axis being the channel).
+        assert nifti.name in {p.name for p in reference.iterdir()}
         volume = torch.from_numpy(image.get_fdata(dtype="float32"))
         assert image.get_data_dtype() == "float32" and volume.dim() == 3
         pt = torch.load(ours / nifti.name.replace(".nii.gz", ".pt"), weights_only=True)
         assert torch.equal(volume, pt[0])
 
 
-def test_group_created_as_clinicadl_does(gradients_run, clinicadl_fixture):
+def test_group_created_as_clinicadl_does(fixture_run, clinicadl_fixture):
     for name in ("data.tsv", "maps.json"):
-        ours = (gradients_run / "maps_image_cls" / "groups" / "test" / name).read_text()
+        ours = (fixture_run / "maps_image_cls" / "groups" / "test" / name).read_text()
         theirs = (clinicadl_fixture / "maps_image_cls" / "groups" / "test" / name).read_text()
         if name.endswith(".json"):
             assert json.loads(ours) == json.loads(theirs)
@@ -110,3 +110,34 @@ def test_batch_size_does_not_change_the_maps(fixture_workdir, clinicadl_fixture,
     for ref_file in sorted((clinicadl_fixture / "maps_image_cls" / folder).glob("*.pt")):
         ours = torch.load(fixture_workdir / "maps_image_cls" / folder / ref_file.name, weights_only=True)
         assert_close_to_reference(ours, torch.load(ref_file, weights_only=True), f"batch {batch_size}: {ref_file.name}")
+
+
+def test_default_grad_cam_is_the_published_method(fixture_workdir):
+    """Without --compat, Grad-CAM is Selvaraju et al.'s (all spatial axes pooled, ReLU): equal to the
+    pure-PyTorch twin on the fixture's data and model, and different from ClinicaDL's variant."""
+    from maps_interpret.caps import load_tensor
+    from maps_interpret.cli import main
+    from maps_interpret.maps import open_maps
+    from maps_interpret.models import load_model
+    from maps_interpret.reference import reference_grad_cam
+    from maps_interpret.transforms import min_max
+
+    for level in (None, 4):
+        name = f"cam{level}"
+        args = ["maps_image_cls", "test", name, "grad-cam", "--participants_tsv", "data/tsv/test.tsv",
+                "--caps_directory", "data/caps_test", "--no-gpu", "-np", "0", "--save_individual"]
+        if level is None:
+            assert main(args) == 0
+        else:
+            assert main(args[:4] + args[8:] + ["--level_grad_cam", str(level)]) == 0
+        maps = open_maps(fixture_workdir / "maps_image_cls")
+        model = load_model(maps, maps.model_path(0, "loss"))
+        folder = fixture_workdir / "maps_image_cls" / "split-0" / "best-loss" / "test" / f"interpret-{name}"
+        tensor = next((fixture_workdir / "data" / "caps_test" / "subjects" / "sub-TE02").rglob("*.pt"))
+        x = min_max(load_tensor(tensor)).unsqueeze(0)
+        ours = torch.load(folder / "sub-TE02_ses-M000_image-0_map.pt", weights_only=True)
+        twin = reference_grad_cam(model, x, 0, level, "published")[0]
+        assert_close_to_reference(ours, twin, f"level {level}")
+        assert (ours >= 0).all()  # ReLU
+        clinicadl = reference_grad_cam(model, x, 0, level, "clinicadl")[0]
+        assert (ours - clinicadl).abs().max() > 1e-3 * clinicadl.abs().max()

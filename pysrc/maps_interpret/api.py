@@ -17,11 +17,11 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import writers
-from .caps import ImageDataset, collate
+from .caps import SessionDataset, rebatch
 from .config import InterpretConfig
 from .errors import MapsInterpretError
 from .groups import commit_group
-from .plan import DataPass, Job, Plan, make_plan
+from .plan import DataPass, Plan, make_plan
 from .transforms import Preprocess
 
 log = logging.getLogger("maps_interpret")
@@ -31,7 +31,7 @@ log = logging.getLogger("maps_interpret")
 class RunSummary:
     outputs: list[Path] = field(default_factory=list)  # one interpret-<NAME> folder per (split, metric)
     sessions: int = 0  # sessions read (each once per pass)
-    maps: int = 0  # maps computed (sessions x models)
+    maps: int = 0  # element maps computed (elements x models)
     seconds: float = 0.0
 
     @property
@@ -43,8 +43,8 @@ def run(config: InterpretConfig) -> RunSummary:
     start = time.perf_counter()
     plan = make_plan(config)
     summary = RunSummary()
-    log.info("%s: data group %s, %d model(s), %d pass(es) over the data, on %s", plan.maps.path,
-             config.data_group, len(plan.jobs), len(plan.passes), plan.device)
+    log.info("%s: %s of data group %s (%s mode), %d model(s), %d pass(es) over the data, on %s", plan.maps.path,
+             config.method, config.data_group, plan.maps.mode, len(plan.jobs), len(plan.passes), plan.device)
     with writers.Staging(plan.maps.path) as staging:
         group_committed = False
         for data_pass in plan.passes:
@@ -61,34 +61,40 @@ def run(config: InterpretConfig) -> RunSummary:
     return summary
 
 
+def _export(plan: Plan, job) -> torch.jit.ScriptModule:
+    from .models import load_model
+    from .models.export import to_torchscript, to_torchscript_cam
+
+    model = load_model(plan.maps, job.model_path)
+    if plan.config.method == "grad-cam":
+        return to_torchscript_cam(model, plan.config.level_grad_cam)
+    return model if isinstance(model, torch.jit.ScriptModule) else to_torchscript(model)
+
+
 def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary: RunSummary):
     from .engine import Engine, EngineError
-    from .models import load_model
-    from .models.export import to_torchscript
 
     config, maps = plan.config, plan.maps
     mode = maps.mode
     engines = []
     for job in data_pass.jobs:
-        log.info("%s-%d best-%s: %d session(s) from %s", maps.split_name, job.split, job.metric,
-                 len(data_pass.sessions), data_pass.caps)
-        model = to_torchscript(load_model(maps, job.model_path))
+        log.info("%s-%d best-%s: %d session(s) x %d %s(s)", maps.split_name, job.split, job.metric,
+                 len(data_pass.sessions), len(data_pass.element_ids), mode)
         try:
-            engine = Engine(model, device=plan.device, method=config.method, target=config.target_node,
-                            amp=_amp_dtype(plan.device) if config.amp else None)
+            engine = Engine(_export(plan, job), device=plan.device, method=config.method, target=config.target_node,
+                            amp=_amp_dtype() if config.amp else None,
+                            cam_variant="clinicadl" if config.compat == "clinicadl" else "published")
         except EngineError as error:
             raise MapsInterpretError(f"{job.model_path}: {error}") from None
         engines.append((job, engine, staging.new_dir()))
 
-    dataset = ImageDataset(data_pass.sessions, Preprocess.from_params(maps.params), maps.input_size)
-    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=False, num_workers=config.n_proc,
-                        collate_fn=collate, pin_memory=plan.device != "cpu")
-    progress = tqdm(total=len(dataset), unit="img", desc=f"{config.data_group}/{config.name}", disable=None,
+    dataset = SessionDataset(data_pass.sessions, data_pass.layout, Preprocess.from_params(maps.params),
+                             maps.input_size, data_pass.element_ids)
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.n_proc)
+    progress = tqdm(total=data_pass.n_elements, unit=mode, desc=f"{config.data_group}/{config.name}", disable=None,
                     leave=False, dynamic_ncols=True)
     with progress:
-        for batch in loader:
-            if batch.error is not None:
-                raise MapsInterpretError(batch.error)
+        for batch in rebatch(loader, config.batch_size, pin=plan.device != "cpu"):
             for job, engine, folder in engines:
                 try:
                     maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=config.save_individual)
@@ -102,12 +108,21 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
                         _write_map(map_, folder / stem, config.save_nifti)
             progress.update(len(batch.element_ids))
     summary.sessions += len(data_pass.sessions)
-    summary.maps += len(data_pass.sessions) * len(engines)
+    summary.maps += data_pass.n_elements * len(engines)
 
     for job, engine, folder in engines:
-        for element, mean in engine.means().items():
+        for element, mean in group_means(engine, config.compat, len(data_pass.sessions),
+                                         len(data_pass.element_ids)).items():
             _write_map(mean.cpu(), folder / f"mean_{mode}-{element}_map", config.save_nifti)
     return [(job, folder) for job, _, folder in engines]
+
+
+def group_means(engine, compat, n_sessions: int, n_elements: int) -> dict[int, torch.Tensor]:
+    """The mean map of each element over the sessions. ClinicaDL divides every element's sum by
+    sessions x elements per image instead (`--compat clinicadl` reproduces it)."""
+    if compat == "clinicadl":
+        return {element: total / (n_sessions * n_elements) for element, total in engine.sums().items()}
+    return engine.means()
 
 
 def _write_map(map_: torch.Tensor, stem: Path, nifti: bool) -> None:
@@ -117,5 +132,5 @@ def _write_map(map_: torch.Tensor, stem: Path, nifti: bool) -> None:
         writers.save_nifti(volume.numpy(), stem.with_name(stem.name + ".nii.gz"))
 
 
-def _amp_dtype(device: str) -> torch.dtype:
+def _amp_dtype() -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

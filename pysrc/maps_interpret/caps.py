@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -76,70 +76,36 @@ def image_tensor_path(caps: Path, participant: str, session: str, prep: dict) ->
 class Session:
     participant_id: str
     session_id: str
-    tensor_path: Path
+    tensor_path: Path  # the session's image tensor (element files, if any, are named after it)
 
 
-def find_sessions(caps: Path, rows: Sequence[dict], prep: dict) -> list[Session]:
-    """Resolves every session's tensor before anything is computed or written."""
-    check_caps(caps)
-    return [Session(row["participant_id"], row["session_id"],
-                    image_tensor_path(caps, row["participant_id"], row["session_id"], prep)) for row in rows]
+def find_sessions(caps: dict[str, Path], rows: Sequence[dict], prep: dict) -> list[Session]:
+    """Resolves every session's image tensor before anything is computed or written. `caps` maps cohort
+    names to CAPS folders ({"single": caps} outside multi-cohort groups)."""
+    for folder in caps.values():
+        check_caps(folder)
+    sessions = []
+    for row in rows:
+        cohort = row.get("cohort") or "single"
+        if cohort not in caps:
+            raise MapsInterpretError(f"{row['participant_id']} {row['session_id']} belongs to cohort {cohort!r}, "
+                                     f"which the group's CAPS list does not name ({', '.join(sorted(caps))})")
+        path = image_tensor_path(caps[cohort], row["participant_id"], row["session_id"], prep)
+        sessions.append(Session(row["participant_id"], row["session_id"], path))
+    return sessions
 
 
-@dataclass
-class Batch:
-    images: Optional[torch.Tensor]
-    element_ids: list[int]
-    session_index: list[int]
-    error: Optional[str] = None
-
-    def pin_memory(self) -> "Batch":
-        if self.images is not None:
-            self.images = self.images.pin_memory()
-        return self
-
-
-def collate(items: list[tuple]) -> Batch:
-    """Stacks a batch; an element that failed to load turns the batch into an error (the main process
-    raises it as one line, instead of a worker traceback)."""
-    errors = [item[3] for item in items if item[3] is not None]
-    if errors:
-        return Batch(None, [], [], error=errors[0])
-    return Batch(torch.stack([item[0] for item in items]), [item[1] for item in items], [item[2] for item in items])
-
-
-def load_tensor(path: Path) -> torch.Tensor:
+def load_tensor(path: Path, mmap: bool = False) -> torch.Tensor:
     try:
-        value = torch.load(path, map_location="cpu", weights_only=True)
+        value = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # unreadable, truncated, or a pickle that is not plain tensors
-        raise MapsInterpretError(f"cannot read tensor {path}: {type(error).__name__}: "
-                                 f"{str(error).splitlines()[0] if str(error) else ''}") from None
+        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise MapsInterpretError(f"cannot read tensor {path}: {type(error).__name__}: {message}") from None
     if not isinstance(value, torch.Tensor):
         raise MapsInterpretError(f"{path} holds a {type(value).__name__}, not a tensor")
     if not value.is_floating_point():
         raise MapsInterpretError(f"{path} holds {value.dtype} values; expected floating-point image intensities")
-    return value.to(torch.float32)
-
-
-class ImageDataset(Dataset):
-    """One element per session: the preprocessed image, element id 0."""
-
-    def __init__(self, sessions: Sequence[Session], preprocess: Preprocess, input_size: Sequence[int]):
-        self.sessions = list(sessions)
-        self.preprocess = preprocess
-        self.input_size = tuple(input_size)
-
-    def __len__(self) -> int:
-        return len(self.sessions)
-
-    def __getitem__(self, index: int) -> tuple:
-        session = self.sessions[index]
-        try:
-            image = self.preprocess(load_tensor(session.tensor_path))
-            check_element(image, self.input_size, session.tensor_path)
-        except MapsInterpretError as error:
-            return None, 0, index, str(error)
-        return image, 0, index, None
+    return value if mmap else value.to(torch.float32)
 
 
 def check_element(x: torch.Tensor, input_size: tuple, path: Path) -> None:
@@ -147,5 +113,86 @@ def check_element(x: torch.Tensor, input_size: tuple, path: Path) -> None:
         raise MapsInterpretError(f"{path}: after preprocessing the element has shape {tuple(x.shape)} but the "
                                  f"model was trained on {input_size} (maps.json input_size)")
     if not torch.isfinite(x).all():
-        raise MapsInterpretError(f"{path}: the preprocessed image holds NaN or infinite values (a constant "
+        raise MapsInterpretError(f"{path}: the preprocessed element holds NaN or infinite values (a constant "
                                  "image cannot be min-max normalised); exclude this session from the TSV")
+
+
+@dataclass
+class SessionItem:
+    """All elements of one session, preprocessed: (E, C, *spatial), or the error that prevented it."""
+
+    elements: Optional[torch.Tensor]
+    element_ids: list[int]
+    session_index: int
+    error: Optional[str] = None
+
+
+class SessionDataset(Dataset):
+    """One item per session (its image is read once, whatever the number of elements); `rebatch` cuts
+    the stream of elements into batches exactly as ClinicaDL's flat, session-major dataset does."""
+
+    def __init__(self, sessions: Sequence[Session], layout, preprocess: Preprocess, input_size: Sequence[int],
+                 element_ids: Sequence[int]):
+        self.sessions = list(sessions)
+        self.layout = layout
+        self.preprocess = preprocess
+        self.input_size = tuple(input_size)
+        self.element_ids = list(element_ids)
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    def __getitem__(self, index: int) -> SessionItem:
+        session = self.sessions[index]
+        try:
+            elements = []
+            if self.layout.prepare_dl:
+                for element in self.element_ids:
+                    path = self.layout.element_file(session.tensor_path, element)
+                    if not path.is_file():
+                        raise MapsInterpretError(f"{path} does not exist (maps.json says prepare_dl: true): extract "
+                                                 f"the {self.layout.mode} tensors with `clinicadl prepare-data`")
+                    elements.append((self.preprocess(load_tensor(path)), path))
+            else:
+                image = load_tensor(session.tensor_path)
+                ids = self.layout.element_ids(tuple(image.shape))
+                if ids != self.element_ids:
+                    raise MapsInterpretError(f"{session.tensor_path}: image of shape {tuple(image.shape)} gives "
+                                             f"{len(ids)} {self.layout.mode}(s), the first image of the group "
+                                             f"{len(self.element_ids)}; all images must have the same size")
+                elements = [(self.preprocess(self.layout.extract(image, e)), session.tensor_path) for e in ids]
+            for element, path in elements:
+                check_element(element, self.input_size, path)
+            return SessionItem(torch.stack([e for e, _ in elements]), list(self.element_ids), index)
+        except MapsInterpretError as error:
+            return SessionItem(None, [], index, str(error))
+
+
+@dataclass
+class Batch:
+    images: torch.Tensor
+    element_ids: list[int]
+    session_index: list[int]
+
+
+def rebatch(items: Iterable[SessionItem], batch_size: int, pin: bool = False) -> Iterator[Batch]:
+    """Batches of `batch_size` elements over the session-major stream (the last one may be short); a
+    session that failed to load raises its one-line error here, in the main process."""
+    pending: list[tuple[torch.Tensor, int, int]] = []
+
+    def emit(chunk):
+        first = chunk[0][0]
+        out = torch.empty((len(chunk), *first.shape), dtype=first.dtype, pin_memory=pin)
+        torch.stack([element for element, _, _ in chunk], out=out)
+        return Batch(out, [e for _, e, _ in chunk], [i for _, _, i in chunk])
+
+    for item in items:
+        if item.error is not None:
+            raise MapsInterpretError(item.error)
+        pending.extend(zip(item.elements.unbind(0), item.element_ids, [item.session_index] * len(item.element_ids)))
+        while len(pending) >= batch_size:
+            yield emit(pending[:batch_size])
+            pending = pending[batch_size:]
+    if pending:
+        yield emit(pending)
+

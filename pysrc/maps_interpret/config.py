@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-METHODS = ("gradients",)
+METHODS = ("gradients", "grad-cam")
+COMPAT = ("clinicadl",)
 DEFAULT_SELECTION_METRICS = ("loss",)
 
 
@@ -34,7 +35,7 @@ class InterpretConfig:
                                      "<DATA_GROUP>/interpret-<NAME>/."))
     method: str = field(default="gradients", metadata=_opt(
         "method", metavar="METHOD", nargs="?", type=str, choices=METHODS,
-        help="Attribution method (default: gradients)."))
+        help="Attribution method: gradients (default) or grad-cam."))
     selection_metrics: list[str] = field(default_factory=lambda: list(DEFAULT_SELECTION_METRICS), metadata=_opt(
         "--selection_metrics", action="append", metavar="METRIC",
         help="Load the model of best-<METRIC>; repeat for several (default: loss)."))
@@ -71,7 +72,12 @@ class InterpretConfig:
         "--save_nifti", help="Also write each map as a float32 NIfTI file (.nii.gz)."))
     level_grad_cam: Optional[int] = field(default=None, metadata=_opt(
         "--level_grad_cam", type=int, metavar="INT",
-        help="Grad-CAM: number of modules of the convolutional part before the feature map."))
+        help="Grad-CAM: the feature map is taken after this many modules of the network's `convolutions` "
+             "(default: after all of them)."))
+    compat: Optional[str] = field(default=None, metadata=_opt(
+        "--compat", type=str, choices=COMPAT, metavar="clinicadl",
+        help="Reproduce ClinicaDL 1.6.1's numbers where they differ: its mean of patch/slice/roi maps "
+             "(divided again by the elements per image) and its Grad-CAM variant."))
     verbose: bool = field(default=False, metadata=_opt(
         "-v", "--verbose", help="Debug logging, and a traceback on errors."))
 

@@ -47,16 +47,20 @@ class Engine:
     """Attribution maps of one TorchScript model on one device, with per-element running sums.
 
     `model` is a path to a TorchScript file or a `torch.jit.ScriptModule` (the engine works on its own
-    copy). `target` is the output node whose gradient is mapped; `amp` the autocast dtype of the
-    forward pass (None: float32). Calls release the GIL while computing.
+    copy); for `method="grad-cam"` it must have `trunk` and `head` submodules (`models.export.to_torchscript_cam`).
+    `target` is the output node whose gradient is mapped; `amp` the autocast dtype of the forward pass
+    (None: float32); `cam_variant` "published" (default) or "clinicadl" (ClinicaDL 1.6.1's Grad-CAM).
+    Calls release the GIL while computing.
     """
 
     def __init__(self, model: Union[str, os.PathLike, torch.jit.ScriptModule], *, device: str = "cpu",
-                 method: str = "gradients", target: int = 0, amp: Optional[torch.dtype] = None):
+                 method: str = "gradients", target: int = 0, amp: Optional[torch.dtype] = None,
+                 cam_variant: str = "published"):
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of None, torch.bfloat16, torch.float16; got {amp}")
         options = _core.EngineOptions()
         options.device, options.method, options.target, options.amp = str(device), method, int(target), AMP_DTYPES[amp]
+        options.cam_variant = cam_variant
         if isinstance(model, (str, os.PathLike)):
             self._core = _core_call(_core.Engine.from_file, os.fspath(model), options)
         elif isinstance(model, torch.jit.ScriptModule):

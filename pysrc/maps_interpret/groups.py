@@ -16,7 +16,7 @@ from . import writers
 from .config import InterpretConfig
 from .errors import MapsInterpretError, UsageError
 from .maps import Maps
-from .participants import Participants, check_sessions, load_participants
+from .participants import Participants, check_sessions, load_participants, resolve_listed_path
 from .tables import read_table
 
 TRAINING_GROUPS = ("train", "validation")
@@ -137,16 +137,30 @@ def definition_for_split(maps: Maps, plan: GroupPlan, split: int) -> GroupDefini
     return plan.new_definition if plan.new_definition is not None else read_definition(maps, plan.name, split)
 
 
-def resolve_caps(maps: Maps, caps_directory: str) -> Path:
-    """A stored CAPS path. Relative paths are read against the working directory (as ClinicaDL does),
-    then against the folder that holds the MAPS."""
-    path = Path(caps_directory)
+def resolve_caps(maps: Maps, definition: GroupDefinition) -> dict[str, Path]:
+    """The CAPS folder(s) of a group, by cohort ({"single": caps} unless multi-cohort). Relative paths are
+    read against the working directory (as ClinicaDL does), then against the folder that holds the MAPS."""
+    location = _existing(maps, definition.caps_directory)
+    if not definition.multi_cohort:
+        if not location.is_dir():
+            raise MapsInterpretError(f"CAPS folder {location} is not a folder")
+        return {"single": location}
+    if not location.is_file():
+        raise MapsInterpretError(f"multi-cohort group: caps_directory {location} must be a TSV of cohorts "
+                                 "(columns cohort, path)")
+    table = read_table(location)
+    table.require("cohort", "path")
+    return {row["cohort"]: resolve_listed_path(row["path"], location) for row in table.rows}
+
+
+def _existing(maps: Maps, stored: str) -> Path:
+    path = Path(stored)
     candidates = [path] if path.is_absolute() else [Path.cwd() / path, maps.path.parent / path]
     for candidate in candidates:
-        if candidate.is_dir():
+        if candidate.exists():
             return candidate
     raise MapsInterpretError(
-        f"CAPS folder {caps_directory} not found (looked for {', '.join(str(c) for c in candidates)}); "
+        f"CAPS {stored} not found (looked for {', '.join(str(c) for c in candidates)}); "
         "run from the folder the MAPS' relative paths start from")
 
 

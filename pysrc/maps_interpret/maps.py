@@ -42,6 +42,9 @@ PREPROCESSING_KEYS = ("preprocessing", "use_uncropped_image", "prepare_dl", "cus
                       "roi_custom_template", "roi_custom_mask_pattern")
 
 
+MODEL_FILES = ("model.pth.tar", "model.torchscript.pt")
+
+
 def read_parameters(maps_json: Path) -> dict[str, Any]:
     """maps.json as ClinicaDL sees it: old names renamed, missing keys defaulted."""
     try:
@@ -124,9 +127,9 @@ class Maps:
         return self.path / f"{self.split_name}-{split}"
 
     def selection_metrics(self, split: int) -> list[str]:
-        """Metrics with a model in this split (`best-<metric>/model.pth.tar`)."""
+        """Metrics with a model in this split (`best-<metric>/model.pth.tar`, or a TorchScript model)."""
         return sorted(entry.name[len("best-"):] for entry in self.split_dir(split).iterdir()
-                      if entry.name.startswith("best-") and (entry / "model.pth.tar").is_file())
+                      if entry.name.startswith("best-") and any((entry / f).is_file() for f in MODEL_FILES))
 
     def model_path(self, split: int, metric: str) -> Path:
         return self.split_dir(split) / f"best-{metric}" / "model.pth.tar"

@@ -1,4 +1,13 @@
-"""The participants/sessions a user gives for a new data group (`--participants_tsv`)."""
+"""The participants/sessions a user gives for a new data group (`--participants_tsv`).
+
+Accepted forms:
+- a TSV file with `participant_id`, `session_id`, `diagnosis` columns;
+- a folder holding `train.tsv`, else `labels.tsv` (what `clinicadl tsvtools` writes), read like a TSV file;
+- a folder of one TSV per diagnosis (`AD.tsv`, `CN.tsv`, ...; the diagnosis column may be absent);
+- with `--multi_cohort`: a TSV with `cohort`, `diagnoses` (comma-separated) and `path` columns, `path` being
+  any of the forms above for that cohort.
+Rows are kept when their diagnosis is in the diagnoses asked (`-d`, else the MAPS' diagnoses).
+"""
 
 from __future__ import annotations
 
@@ -19,36 +28,89 @@ class Participants:
     columns: tuple[str, ...]
     rows: tuple[dict[str, str], ...]
 
-    @property
-    def participant_ids(self) -> set[str]:
-        return {row["participant_id"] for row in self.rows}
+
+def resolve_listed_path(value: str, listing: Path) -> Path:
+    """A path written in a TSV: against the working directory (as ClinicaDL), then the TSV's folder."""
+    path = Path(value)
+    if path.is_absolute() or path.exists():
+        return path
+    beside = listing.parent / path
+    return beside if beside.exists() else path
 
 
 def load_participants(tsv: Path, diagnoses: Sequence[str], multi_cohort: bool,
                       label: Optional[str]) -> Participants:
-    """Reads a participants TSV, keeps the rows whose diagnosis is in `diagnoses` and checks ids."""
     tsv = Path(tsv)
     if multi_cohort:
-        raise MapsInterpretError("--multi_cohort is not supported yet: give a single-cohort TSV and CAPS")
-    if tsv.is_dir():
-        raise MapsInterpretError(f"--participants_tsv {tsv} is a folder: give a TSV file")
-    table = read_table(tsv)
-    if {"cohort", "path"} <= set(table.columns):
-        raise MapsInterpretError(f"{tsv} lists cohorts (columns 'cohort' and 'path'): add --multi_cohort "
-                                 "and give a cohort TSV as --caps_directory too")
+        rows, columns = _load_cohorts(tsv, diagnoses, label)
+    else:
+        if tsv.is_file() and {"cohort", "path"} <= set(read_table(tsv).columns):
+            raise MapsInterpretError(f"{tsv} lists cohorts (columns 'cohort' and 'path'): add --multi_cohort "
+                                     "and give a cohort TSV as --caps_directory too")
+        rows, columns = _load_single(tsv, diagnoses, label)
+        rows = [{**row, "cohort": "single"} for row in rows]
+    check_sessions(rows, tsv)
+    return Participants(columns=tuple(columns), rows=tuple(rows))
+
+
+def _load_single(path: Path, diagnoses: Sequence[str], label: Optional[str]) -> tuple[list[dict], list[str]]:
+    """Rows (participant_id, session_id, diagnosis [, label]) of one cohort, filtered by diagnosis."""
+    if path.is_dir():
+        listed = [path / "train.tsv", path / "labels.tsv"]
+        found = next((p for p in listed if p.is_file()), None)
+        if found is not None:
+            return _load_single(found, diagnoses, label)
+        per_diagnosis = [path / f"{d}.tsv" for d in diagnoses]
+        if not any(p.is_file() for p in per_diagnosis):
+            raise MapsInterpretError(f"--participants_tsv {path} is a folder without train.tsv, labels.tsv or "
+                                     f"one TSV per diagnosis ({', '.join(p.name for p in per_diagnosis)})")
+        rows, columns = [], ["participant_id", "session_id"]
+        for diagnosis, file in zip(diagnoses, per_diagnosis):
+            if not file.is_file():
+                continue
+            table = read_table(file)
+            table.require("participant_id", "session_id")
+            rows += [{**row, "diagnosis": row.get("diagnosis") or diagnosis} for row in table.rows]
+            columns += [c for c in table.columns if c not in columns]
+        return _keep(rows, columns + ["diagnosis"], diagnoses, label, path)
+    table = read_table(path)
     table.require("participant_id", "session_id", "diagnosis")
-    kept = [row for row in table.rows if row["diagnosis"] in diagnoses]
+    return _keep(list(table.rows), list(table.columns), diagnoses, label, path)
+
+
+def _keep(rows: list[dict], columns: list[str], diagnoses: Sequence[str], label: Optional[str],
+          where: Path) -> tuple[list[dict], list[str]]:
+    kept = [row for row in rows if row.get("diagnosis") in diagnoses]
     if not kept:
-        found = sorted({row["diagnosis"] for row in table.rows})
-        raise MapsInterpretError(
-            f"no row of {tsv} has a diagnosis in {list(diagnoses)} (found: {found or 'no rows'}); "
-            "choose the diagnoses with -d/--diagnoses")
-    check_sessions(kept, tsv)
-    columns = ["participant_id", "session_id", "cohort"]
-    if label is not None and label in table.columns and label not in columns:
-        columns.append(label)
-    rows = tuple({**{c: row[c] for c in columns if c in row}, "cohort": "single"} for row in kept)
-    return Participants(columns=tuple(columns), rows=rows)
+        found = sorted({str(row.get("diagnosis")) for row in rows})
+        raise MapsInterpretError(f"no row of {where} has a diagnosis in {list(diagnoses)} (found: "
+                                 f"{', '.join(found) or 'no rows'}); choose the diagnoses with -d/--diagnoses")
+    out_columns = ["participant_id", "session_id", "cohort"]
+    if label is not None and label in columns and label not in out_columns:
+        out_columns.append(label)
+    return [{c: row[c] for c in out_columns if c in row} for row in kept], out_columns
+
+
+def _load_cohorts(tsv: Path, diagnoses: Sequence[str], label: Optional[str]) -> tuple[list[dict], list[str]]:
+    if tsv.is_dir():
+        raise MapsInterpretError(f"--multi_cohort: --participants_tsv {tsv} must be a TSV of cohorts "
+                                 "(columns cohort, diagnoses, path), not a folder")
+    table = read_table(tsv)
+    table.require("cohort", "diagnoses", "path")
+    rows, columns, found = [], ["participant_id", "session_id", "cohort"], set()
+    for cohort in table.rows:
+        check_name(cohort["cohort"], f"{tsv}: cohort", MapsInterpretError)
+        wanted = [d for d in diagnoses if d in {x.strip() for x in cohort["diagnoses"].split(",")}]
+        if not wanted:
+            continue
+        cohort_rows, cohort_columns = _load_single(resolve_listed_path(cohort["path"], tsv), wanted, label)
+        rows += [{**row, "cohort": cohort["cohort"]} for row in cohort_rows]
+        columns += [c for c in cohort_columns if c not in columns]
+        found |= set(wanted)
+    if found != set(diagnoses):
+        raise MapsInterpretError(f"{tsv}: the cohorts list diagnoses {sorted(found)}, not all of {sorted(diagnoses)}; "
+                                 "choose the diagnoses with -d/--diagnoses")
+    return rows, columns
 
 
 def check_sessions(rows: Sequence[dict[str, str]], where: Path) -> None:

@@ -1,5 +1,6 @@
 """Everything a command will do, decided and checked before anything is written: the device, the
-data group, the (split, selection metric) models, the sessions and their tensors, the output folders.
+data group, the (split, selection metric) models, the sessions and their tensors, the elements of each
+image, the output folders.
 
 Jobs that read the same sessions from the same CAPS share one pass over the data (the `test` group of
 every split and metric, for instance), so each image is loaded and preprocessed once per command.
@@ -11,8 +12,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .caps import Session, find_sessions
+from .caps import Session, find_sessions, load_tensor
 from .config import InterpretConfig, validate
+from .elements import layout_for
 from .errors import MapsInterpretError
 from .groups import GroupPlan, definition_for_split, plan_group, resolve_caps
 from .maps import Maps, open_maps
@@ -30,9 +32,15 @@ class Job:
 
 @dataclass
 class DataPass:
-    caps: Path
+    caps: dict[str, Path]
     sessions: list[Session]
+    layout: object  # elements.*Layout
+    element_ids: list[int]
     jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def n_elements(self) -> int:
+        return len(self.sessions) * len(self.element_ids)
 
 
 @dataclass
@@ -62,42 +70,45 @@ def make_plan(config: InterpretConfig) -> Plan:
     validate(config)
     device = select_device(config)
     maps = open_maps(config.input_maps_directory)
-    if maps.mode != "image":
-        raise MapsInterpretError(f"{maps.path / 'maps.json'}: mode {maps.mode!r} is not supported yet "
-                                 "(supported: image)")
     splits = maps.splits()
     if not splits:
         raise MapsInterpretError(f"{maps.path} has no {maps.split_name}-<k> folder: no model was trained in this MAPS")
 
     models = [(split, metric) for split in splits for metric in config.selection_metrics]
     for split, metric in models:
-        check_model(maps, split, metric)
+        check_model(maps, split, metric, cam=config.method == "grad-cam")
     group = plan_group(maps, config)
 
+    prep = maps.params["preprocessing_dict"]
     passes: dict[tuple, DataPass] = {}
+    from .models import model_file
+
     for split, metric in models:
         output_dir = maps.results_dir(split, metric, config.data_group, config.name)
         if output_dir.exists() and not (config.overwrite_name or group.erase_results):
             raise MapsInterpretError(f"{output_dir} already exists: choose another NAME, or add --overwrite_name "
                                      "to replace it")
         definition = definition_for_split(maps, group, split)
-        caps = resolve_caps(maps, definition.caps_directory)
-        key = (caps.resolve(), tuple((r["participant_id"], r["session_id"]) for r in definition.rows))
+        caps = resolve_caps(maps, definition)
+        key = (tuple(sorted((c, str(p.resolve())) for c, p in caps.items())),
+               tuple((r["participant_id"], r["session_id"]) for r in definition.rows))
         if key not in passes:
-            passes[key] = DataPass(caps, find_sessions(caps, definition.rows, maps.params["preprocessing_dict"]))
-        passes[key].jobs.append(Job(split, metric, maps.model_path(split, metric), output_dir))
+            sessions = find_sessions(caps, definition.rows, prep)
+            layout = layout_for(prep, next(iter(caps.values())))  # roi masks: the group's (first) CAPS
+            first = load_tensor(sessions[0].tensor_path, mmap=True)  # ClinicaDL counts elements on it
+            passes[key] = DataPass(caps, sessions, layout, layout.element_ids(tuple(first.shape)))
+        passes[key].jobs.append(Job(split, metric, model_file(maps, split, metric), output_dir))
     return Plan(config=config, maps=maps, device=device, group=group, passes=list(passes.values()))
 
 
-def check_model(maps: Maps, split: int, metric: str) -> None:
-    """The checkpoint exists, loads without unpickling code, and fits the architecture of maps.json.
-    Memory-mapped, so checking a large model costs almost nothing."""
-    path = maps.model_path(split, metric)
-    if not path.is_file():
+def check_model(maps: Maps, split: int, metric: str, cam: bool) -> None:
+    """The model exists and loads safely (a checkpoint is checked against the architecture, memory-mapped)."""
+    from .models import check_weights, model_file
+
+    path = model_file(maps, split, metric)
+    if not (maps.split_dir(split) / f"best-{metric}").is_dir():
         available = maps.selection_metrics(split)
         raise MapsInterpretError(
-            f"{maps.split_dir(split).name} has no model for selection metric {metric!r} ({path} is missing); "
-            f"available: {', '.join(available) or 'none'}")
-    from .models import check_weights
-
-    check_weights(maps, path)
+            f"{maps.split_dir(split).name} has no model for selection metric {metric!r} "
+            f"({path.parent} does not exist); available: {', '.join(available) or 'none'}")
+    check_weights(maps, path, cam=cam)

@@ -20,13 +20,41 @@ def reference_gradients(model: nn.Module, batch: torch.Tensor, target: int) -> t
     return x.grad.detach().float()
 
 
+def reference_grad_cam(model: nn.Module, batch: torch.Tensor, target: int, level: Optional[int] = None,
+                       variant: str = "published") -> torch.Tensor:
+    """Grad-CAM written out. "clinicadl" follows ClinicaDL 1.6.1's GradCam step by step (gradients averaged
+    over dims [2, 3] only, mean over channels, no ReLU, align_corners=True); "published" is Selvaraju et
+    al. (mean over every spatial axis, weighted sum, ReLU), upsampled with align_corners=False."""
+    layers = list(model.convolutions.children())
+    cut = len(layers) if level is None or level >= len(layers) else level
+    with torch.no_grad():
+        features = nn.Sequential(*layers[:cut])(batch)
+    features = features.detach().requires_grad_(True)
+    with torch.enable_grad():
+        output = model.fc(nn.Sequential(*layers[cut:])(features))
+        one_hot = torch.zeros_like(output)
+        one_hot[:, target] = 1
+        output.backward(one_hot)
+    grads = features.grad
+    features = features.detach()
+    mode = "trilinear" if batch.dim() == 5 else "bilinear"
+    if variant == "clinicadl":
+        weights = torch.mean(grads, dim=[2, 3]).unsqueeze(2).unsqueeze(3)
+        cam = torch.mean(features * weights, dim=1).unsqueeze(1)
+        return nn.Upsample(batch.shape[2:], mode=mode, align_corners=True)(cam)
+    weights = grads.mean(dim=tuple(range(2, grads.dim())), keepdim=True)
+    cam = torch.relu((features * weights).sum(dim=1, keepdim=True))
+    return nn.functional.interpolate(cam, size=batch.shape[2:], mode=mode, align_corners=False)
+
+
 class ReferenceEngine:
     """Same interface as `engine.Engine`, in Python: running float32 sums per element id."""
 
     def __init__(self, model: nn.Module, *, device: str = "cpu", method: str = "gradients", target: int = 0,
-                 amp: Optional[torch.dtype] = None):
-        if method != "gradients":
+                 amp: Optional[torch.dtype] = None, level: Optional[int] = None, cam_variant: str = "published"):
+        if method not in ("gradients", "grad-cam"):
             raise ValueError(f"unknown method {method}")
+        self.method, self.level, self.cam_variant = method, level, cam_variant
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.target = target
@@ -38,7 +66,10 @@ class ReferenceEngine:
                    return_maps: bool = False) -> Optional[torch.Tensor]:
         x = batch.to(self.device, torch.float32)
         with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-            maps = reference_gradients(self.model, x, self.target)
+            if self.method == "grad-cam":
+                maps = reference_grad_cam(self.model, x, self.target, self.level, self.cam_variant)
+            else:
+                maps = reference_gradients(self.model, x, self.target)
         for map_, element in zip(maps, element_ids):
             element = int(element)
             if element not in self._sums:

@@ -19,6 +19,19 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+TORCHSCRIPT_FILE = "model.torchscript.pt"  # best-<metric>/ file of a custom architecture, used as is
+
+
+def uses_torchscript(maps: Maps) -> bool:
+    """Architectures we cannot rebuild are read from a TorchScript file the user saved beside model.pth.tar."""
+    return maps.architecture not in ARCHITECTURES
+
+
+def model_file(maps: Maps, split: int, metric: str) -> Path:
+    folder = maps.split_dir(split) / f"best-{metric}"
+    return folder / TORCHSCRIPT_FILE if uses_torchscript(maps) else folder / "model.pth.tar"
+
+
 def build_model(maps: Maps) -> nn.Module:
     params = maps.params
     if params.get("multi_network"):
@@ -28,8 +41,10 @@ def build_model(maps: Maps) -> nn.Module:
                                  "only classification and regression CNNs can be interpreted")
     name = maps.architecture
     if name not in ARCHITECTURES:
-        raise MapsInterpretError(f"{maps.path / 'maps.json'}: architecture {name!r} is not supported; "
-                                 f"supported: {', '.join(sorted(ARCHITECTURES))}")
+        raise MapsInterpretError(
+            f"{maps.path / 'maps.json'}: architecture {name!r} cannot be rebuilt (supported: "
+            f"{', '.join(sorted(ARCHITECTURES))}); save the trained model as TorchScript in "
+            f"best-<metric>/{TORCHSCRIPT_FILE} (torch.jit.script(model).save(path)) to interpret it")
     try:
         input_size = maps.input_size
         output_size = int(params["output_size"]) if params.get("output_size") is not None else _default_outputs(maps)
@@ -84,15 +99,35 @@ def check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
         raise MapsInterpretError(f"{path} does not fit the architecture in maps.json ({'; '.join(parts)})")
 
 
-def check_weights(maps: Maps, path: Path) -> None:
-    """Checks a checkpoint against the architecture without building real weights (meta device)."""
-    with torch.device("meta"):
-        model = build_model(maps)
-    check_state_dict(model, read_state_dict(path, mmap=True), path)
+def check_weights(maps: Maps, path: Path, cam: bool = False) -> None:
+    """Checks a checkpoint against the architecture without building real weights (meta device), or that a
+    TorchScript model loads; `cam`: the model has the `convolutions` and `fc` parts Grad-CAM cuts."""
+    if uses_torchscript(maps):
+        model = load_model(maps, path)
+    else:
+        with torch.device("meta"):
+            model = build_model(maps)
+        check_state_dict(model, read_state_dict(path, mmap=True), path)
+    if cam and not (hasattr(model, "convolutions") and hasattr(model, "fc")):
+        raise MapsInterpretError(f"{path}: grad-cam needs a CNN with `convolutions` and `fc` parts "
+                                 f"({maps.architecture} has not); use the gradients method")
 
 
 def load_model(maps: Maps, path: Path) -> nn.Module:
-    """The network of the MAPS with the weights of `path`, in eval mode, on the CPU."""
+    """The network of the MAPS with the weights of `path`, in eval mode, on the CPU (a TorchScript model
+    for architectures that cannot be rebuilt)."""
+    if uses_torchscript(maps):
+        from .export import load_torchscript
+
+        if not path.is_file():
+            raise MapsInterpretError(
+                f"{path} does not exist: architecture {maps.architecture!r} cannot be rebuilt from model.pth.tar; "
+                f"save the trained model there as TorchScript (torch.jit.script(model).save(path))")
+        try:
+            return load_torchscript(path)
+        except Exception as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise MapsInterpretError(f"cannot load TorchScript model {path}: {first[:200]}") from None
     model = build_model(maps)
     state = read_state_dict(path)
     check_state_dict(model, state, path)

@@ -4,6 +4,7 @@ engine. Moving to torch.export later means changing this file only."""
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import torch
 from torch import nn
@@ -22,6 +23,32 @@ def to_torchscript(model: nn.Module) -> torch.jit.ScriptModule:
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
         scripted = torch.jit.script(model)
     return scripted.eval()
+
+
+class CamModel(nn.Module):
+    """A network cut for Grad-CAM: `trunk` gives the feature map, `head` the outputs from it."""
+
+    def __init__(self, trunk: nn.Module, head: nn.Module):
+        super().__init__()
+        self.trunk = trunk
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x))
+
+
+def split_for_cam(model: nn.Module, level: Optional[int]) -> CamModel:
+    """ClinicaDL's cut: the first `level` modules of `model.convolutions` (all of them when `level` is None
+    or too large) make the trunk; the remaining ones then `model.fc` make the head."""
+    if not hasattr(model, "convolutions") or not hasattr(model, "fc"):
+        raise ValueError("Grad-CAM needs a CNN with `convolutions` and `fc` parts")
+    layers = list(model.convolutions.children())
+    cut = len(layers) if level is None or level >= len(layers) else level
+    return CamModel(nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:], model.fc))
+
+
+def to_torchscript_cam(model: nn.Module, level: Optional[int]) -> torch.jit.ScriptModule:
+    return to_torchscript(split_for_cam(model, level))
 
 
 def load_torchscript(path) -> torch.jit.ScriptModule:
