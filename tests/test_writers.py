@@ -73,3 +73,12 @@ def test_remove_tree(tmp_path):
     writers.remove_tree(folder)
     writers.remove_tree(folder)  # absent: nothing to do
     assert list(tmp_path.iterdir()) == []
+
+
+def test_nifti_layout_of_maps():
+    from maps_interpret.api import nifti_array
+
+    assert nifti_array(torch.zeros(1, 4, 5, 6)).shape == (4, 5, 6)
+    assert nifti_array(torch.zeros(1, 4, 5)).shape == (4, 5)
+    rgb = torch.arange(3 * 4 * 5.0).view(3, 4, 5)
+    assert nifti_array(rgb).shape == (4, 5, 1, 3) and nifti_array(rgb)[2, 3, 0, 1] == rgb[1, 2, 3]

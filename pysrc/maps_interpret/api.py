@@ -125,11 +125,19 @@ def group_means(engine, compat, n_sessions: int, n_elements: int) -> dict[int, t
     return engine.means()
 
 
+def nifti_array(map_: torch.Tensor) -> torch.Tensor:
+    """A map (C, *spatial) as NIfTI data: the spatial axes first; several channels (rgb slices) go to the
+    4th axis, after a singleton z for 2D maps."""
+    if map_.shape[0] == 1:
+        return map_[0]
+    channels_last = map_.movedim(0, -1)
+    return channels_last.unsqueeze(2) if map_.dim() == 3 else channels_last
+
+
 def _write_map(map_: torch.Tensor, stem: Path, nifti: bool) -> None:
     writers.save_tensor(map_, stem.with_name(stem.name + ".pt"))
     if nifti:
-        volume = map_[0] if map_.shape[0] == 1 else map_.movedim(0, -1)  # channels last, if several
-        writers.save_nifti(volume.numpy(), stem.with_name(stem.name + ".nii.gz"))
+        writers.save_nifti(nifti_array(map_).numpy(), stem.with_name(stem.name + ".nii.gz"))
 
 
 def _amp_dtype() -> torch.dtype:

@@ -73,20 +73,24 @@ def write_tsv(path: Path, sessions: Sequence[SessionSpec], index: bool = False) 
     path.write_text("\n".join(lines) + "\n")
 
 
+def image_preprocessing() -> dict:
+    return {"preprocessing": "t1-linear", "mode": "image", "use_uncropped_image": False, "prepare_dl": False,
+            "extract_json": "extract_image.json",
+            "file_type": {"pattern": PATTERN, "description": "T1w Image registered in MNI152NLin2009cSym space",
+                          "needed_pipeline": "t1-linear"}}
+
+
 def maps_parameters(input_size: Sequence[int], caps_directory: str, tsv_path: str, n_splits: int,
-                    architecture: str = "Conv5_FC3") -> dict:
+                    architecture: str = "Conv5_FC3", preprocessing: Optional[dict] = None) -> dict:
     """maps.json as `clinicadl train classification` writes it (the keys interpret reads, and a few more)."""
+    prep = preprocessing or image_preprocessing()
     return {
         "architecture": architecture, "multi_network": False, "dropout": 0.0, "selection_metrics": ["loss", "accuracy"],
         "label": "diagnosis", "label_code": LABEL_CODE, "gpu": False, "n_proc": 1, "batch_size": 2, "seed": 0,
         "multi_cohort": False, "diagnoses": ["AD", "CN"], "normalize": True, "data_augmentation": False,
         "size_reduction": False, "size_reduction_factor": 2, "n_splits": n_splits, "network_task": "classification",
-        "caps_directory": caps_directory, "tsv_path": tsv_path,
-        "preprocessing_dict": {"preprocessing": "t1-linear", "mode": "image", "use_uncropped_image": False,
-                               "prepare_dl": False, "extract_json": "extract_image.json",
-                               "file_type": {"pattern": PATTERN, "description": "T1w Image registered in "
-                                             "MNI152NLin2009cSym space", "needed_pipeline": "t1-linear"}},
-        "mode": "image", "validation": "KFoldSplit" if n_splits > 1 else "SingleSplit", "num_networks": 1,
+        "caps_directory": caps_directory, "tsv_path": tsv_path, "preprocessing_dict": prep, "mode": prep["mode"],
+        "validation": "KFoldSplit" if n_splits > 1 else "SingleSplit", "num_networks": 1,
         "output_size": len(LABEL_CODE), "input_size": list(input_size),
     }
 
@@ -154,9 +158,45 @@ def sessions(prefix: str, n: int, extra_sessions: int = 0) -> list[SessionSpec]:
     return out
 
 
+def write_masks(caps: Path, shape: Sequence[int], regions: dict[str, tuple[slice, ...]]) -> None:
+    """Binary ROI masks where ClinicaDL looks for them (masks/tpl-<template>/, cropped-image names)."""
+    import nibabel as nib
+    import numpy as np
+
+    folder = caps / "masks" / "tpl-MNI152NLin2009cSym"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, box in regions.items():
+        mask = np.zeros(tuple(shape), dtype=np.uint8)
+        mask[box] = 1
+        nib.save(nib.Nifti1Image(mask, np.eye(4)),
+                 folder / f"tpl-MNI152NLin2009cSym_desc-Crop_res-1x1x1_roi-{name}_mask.nii.gz")
+
+
+def write_element_files(caps: Path, sessions_: Sequence[SessionSpec], prep: dict) -> None:
+    """What `clinicadl prepare-data <mode> --save_features` writes: one tensor per element, beside the
+    image tensors (<mode>_based/ instead of image_based/)."""
+    from .caps import load_tensor
+    from .elements import layout_for
+
+    layout = layout_for(prep, caps)
+    for spec in sessions_:
+        image_path = tensor_path(caps, spec.participant_id, spec.session_id)
+        image = load_tensor(image_path)
+        for element in layout.element_ids(tuple(image.shape)):
+            path = layout.element_file(image_path, element)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(layout.extract(image, element), path)
+
+
 def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 16, n_test: int = 6,
-               seconds: float = 3.0, seed: int = 0, trained: bool = True) -> dict[str, Path]:
-    """DIR/data/caps (all subjects), DIR/data/test.tsv, DIR/maps (2-fold, both splits trained)."""
+               seconds: float = 3.0, seed: int = 0, trained: bool = True, preprocessing: Optional[dict] = None,
+               input_size: Optional[Sequence[int]] = None,
+               regions: Optional[dict[str, tuple[slice, ...]]] = None) -> dict[str, Path]:
+    """DIR/data/caps (all subjects), DIR/data/test.tsv, DIR/maps (2-fold, both splits trained).
+
+    Other modes: `preprocessing` (a maps.json preprocessing_dict) and the network's `input_size` (one
+    element); ROI `regions` become masks; `prepare_dl` writes element files. Only image mode trains.
+    """
     root = Path(root)
     data, maps = root / "data", root / "maps"
     caps = data / "caps"
@@ -165,7 +205,13 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
     write_caps(caps, train_sessions + test_sessions, shape, seed)
     write_tsv(data / "labels.tsv", train_sessions)
     write_tsv(data / "test.tsv", test_sessions)
-    input_size = (1, *shape)
+    if regions:
+        write_masks(caps, shape, regions)
+    if preprocessing is not None and preprocessing.get("prepare_dl"):
+        write_element_files(caps, train_sessions + test_sessions, preprocessing)
+    if preprocessing is not None and trained:
+        raise ValueError("only image-mode demos are trained")
+    input_size = tuple(input_size) if input_size is not None else (1, *shape)
     splits: dict[int, tuple[list[SessionSpec], list[SessionSpec]]] = {}
     participants = sorted({s.participant_id for s in train_sessions})
     for split in range(2):
@@ -188,7 +234,8 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
             checkpoints = {m: {"model": state, "epoch": 0, "name": "Conv5_FC3"} for m in ("loss", "accuracy")}
         for metric, checkpoint in checkpoints.items():
             models[(split, metric)] = checkpoint
-    params = maps_parameters(input_size, caps_directory="data/caps", tsv_path="data/split", n_splits=2)
+    params = maps_parameters(input_size, caps_directory="data/caps", tsv_path="data/split", n_splits=2,
+                             preprocessing=preprocessing)
     write_maps(maps, params, splits, models)
     return {"root": root, "caps": caps, "maps": maps, "test_tsv": data / "test.tsv"}
 
