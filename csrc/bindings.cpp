@@ -32,7 +32,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("method", &mi::EngineOptions::method)
       .def_readwrite("target", &mi::EngineOptions::target)
       .def_readwrite("amp", &mi::EngineOptions::amp)
-      .def_readwrite("cam_variant", &mi::EngineOptions::cam_variant);
+      .def_readwrite("cam_variant", &mi::EngineOptions::cam_variant)
+      .def_readwrite("channels_last", &mi::EngineOptions::channels_last);
 
   py::class_<mi::Engine>(m, "Engine")
       .def(py::init<const torch::jit::Module&, mi::EngineOptions>(), py::arg("module"),

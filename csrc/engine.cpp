@@ -84,6 +84,12 @@ std::optional<at::Tensor> Engine::accumulate(const at::Tensor& batch,
   std::lock_guard<std::mutex> lock(mutex_);
   // non_blocking overlaps the copy with compute when the caller pinned the batch.
   at::Tensor x = batch.to(device_, at::kFloat, /*non_blocking=*/true);
+  if (options_.channels_last && (x.dim() == 4 || x.dim() == 5)) {
+    // A copy with channels-last strides: contiguous(ChannelsLast) would keep a single-channel input as it
+    // is (both layouts are the same memory), and the kernels would then not take the channels-last path.
+    const auto format = x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
+    x = at::empty_like(x, x.options(), format).copy_(x);
+  }
   at::Tensor maps = compute(x);
   sums_.add(maps, ids);
   if (return_maps) return maps;

@@ -26,7 +26,9 @@ at::Tensor grad_cam(torch::jit::Module& trunk, torch::jit::Module& head, const a
   at::Tensor output;
   {
     AutocastGuard autocast(batch.device().type(), amp);
-    output = head.forward({features}).toTensor();
+    // A copy goes in: a head starting with an in-place op (resnet18's ReLU(inplace=True) at level 2)
+    // must not write into the leaf whose gradient is taken (ClinicaDL crashes there).
+    output = head.forward({features.clone()}).toTensor();
   }
   checked_output(output, batch.size(0), target);
   at::Tensor seed = at::zeros_like(output);

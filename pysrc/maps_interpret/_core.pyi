@@ -11,6 +11,8 @@ class EngineOptions:
     method: str
     target: int
     amp: str
+    cam_variant: str
+    channels_last: bool
     def __init__(self) -> None: ...
 
 class Engine:

@@ -49,18 +49,20 @@ class Engine:
     `model` is a path to a TorchScript file or a `torch.jit.ScriptModule` (the engine works on its own
     copy); for `method="grad-cam"` it must have `trunk` and `head` submodules (`models.export.to_torchscript_cam`).
     `target` is the output node whose gradient is mapped; `amp` the autocast dtype of the forward pass
-    (None: float32); `cam_variant` "published" (default) or "clinicadl" (ClinicaDL 1.6.1's Grad-CAM).
-    Calls release the GIL while computing.
+    (None: float32); `cam_variant` "published" (default) or "clinicadl" (ClinicaDL 1.6.1's Grad-CAM);
+    `channels_last` runs on channels-last copies of the batches (None: on the CPU, where oneDNN's
+    channels-last 3D kernels are several times faster; see BENCHMARKS.md). Calls release the GIL while computing.
     """
 
     def __init__(self, model: Union[str, os.PathLike, torch.jit.ScriptModule], *, device: str = "cpu",
                  method: str = "gradients", target: int = 0, amp: Optional[torch.dtype] = None,
-                 cam_variant: str = "published"):
+                 cam_variant: str = "published", channels_last: Optional[bool] = None):
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of None, torch.bfloat16, torch.float16; got {amp}")
         options = _core.EngineOptions()
         options.device, options.method, options.target, options.amp = str(device), method, int(target), AMP_DTYPES[amp]
         options.cam_variant = cam_variant
+        options.channels_last = torch.device(device).type == "cpu" if channels_last is None else bool(channels_last)
         if isinstance(model, (str, os.PathLike)):
             self._core = _core_call(_core.Engine.from_file, os.fspath(model), options)
         elif isinstance(model, torch.jit.ScriptModule):
@@ -86,3 +88,10 @@ class Engine:
 
     def means(self) -> dict[int, torch.Tensor]:
         return dict(zip(self._core.ids(), _core_call(self._core.means).unbind(0)))
+
+
+def frozen_batch_norm(x: torch.Tensor, norm: torch.nn.Module, alpha: torch.Tensor) -> torch.Tensor:
+    """Eval-mode `norm(x)` (torch's values) whose input gradient is grad * alpha; see models/fast.py.
+    The op (`torch.ops.maps_interpret.frozen_batch_norm`) is registered by the core; TorchScript calls it."""
+    return torch.ops.maps_interpret.frozen_batch_norm(x, norm.weight, norm.bias, norm.running_mean,
+                                                      norm.running_var, float(norm.eps), alpha)

@@ -10,12 +10,23 @@ from torch import nn
 
 from ..errors import MapsInterpretError
 from ..maps import Maps
+from . import _params, random_arch, resnet, resnet3d, secnn, stride
 from .conv import conv4_fc3, conv5_fc3
 
-# Architecture name in maps.json -> builder(input_size, output_size, dropout).
-ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
-    "Conv5_FC3": conv5_fc3,
-    "Conv4_FC3": conv4_fc3,
+
+def _conv_builder(build: Callable[..., nn.Module]) -> Callable[[dict], nn.Module]:
+    def builder(params: dict) -> nn.Module:
+        return build(_params.input_size(params), output_size=_params.output_size(params),
+                     dropout=_params.dropout(params))
+
+    return builder
+
+
+# Architecture name in maps.json -> builder(maps.json parameters); same state_dict keys as ClinicaDL 1.6.1.
+ARCHITECTURES: dict[str, Callable[[dict], nn.Module]] = {
+    "Conv5_FC3": _conv_builder(conv5_fc3),
+    "Conv4_FC3": _conv_builder(conv4_fc3),
+    **stride.BUILDERS, **resnet.BUILDERS, **resnet3d.BUILDERS, **secnn.BUILDERS, **random_arch.BUILDERS,
 }
 
 
@@ -45,21 +56,23 @@ def build_model(maps: Maps) -> nn.Module:
             f"{maps.path / 'maps.json'}: architecture {name!r} cannot be rebuilt (supported: "
             f"{', '.join(sorted(ARCHITECTURES))}); save the trained model as TorchScript in "
             f"best-<metric>/{TORCHSCRIPT_FILE} (torch.jit.script(model).save(path)) to interpret it")
+    params = dict(params)
+    if params.get("output_size") is None:
+        params["output_size"] = _default_outputs(maps)
     try:
-        input_size = maps.input_size
-        output_size = int(params["output_size"]) if params.get("output_size") is not None else _default_outputs(maps)
-        return ARCHITECTURES[name](input_size, output_size=output_size, dropout=float(params.get("dropout", 0.0)))
+        return ARCHITECTURES[name](params)
     except (KeyError, TypeError, ValueError) as error:
-        raise MapsInterpretError(f"{maps.path / 'maps.json'}: cannot build {name} "
-                                 f"(input_size/output_size: {error})") from None
+        detail = f"missing {error}" if isinstance(error, KeyError) else str(error)
+        raise MapsInterpretError(f"{maps.path / 'maps.json'}: cannot build {name} ({detail})") from None
 
 
 def _default_outputs(maps: Maps) -> int:
+    """ClinicaDL's task managers: 1 output for regression, one per label code for classification."""
     if maps.params.get("network_task") == "regression":
         return 1
     codes = maps.params.get("label_code") or {}
     if not codes:
-        raise KeyError("output_size is missing and label_code is empty")
+        raise MapsInterpretError(f"{maps.path / 'maps.json'}: output_size is missing and label_code is empty")
     return len(codes)
 
 
