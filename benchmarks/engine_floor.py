@@ -1,6 +1,7 @@
-"""Compute floor: images/s of the gradient loop alone on preloaded tensors (no file I/O), for
+"""Exploration of the compute floor on random inputs (no files): images/s of the gradient loop for
 (a) ClinicaDL's procedure (weights requiring grad, .backward(), .cpu(), per-sample accumulation on the CPU)
-and (c) the C++ engine (input-only gradients, sums on the device), fp32 and, on a GPU, bf16 autocast.
+and the C++ engine in several configurations (plain export, the fused blocks of models/fast.py,
+channels-last inputs, and on a GPU bf16 autocast), timed alternately. Used to choose the defaults.
 
     python benchmarks/engine_floor.py --device cuda --batch-size 8 --iters 10
 """
@@ -17,6 +18,7 @@ import torch
 from maps_interpret.engine import Engine
 from maps_interpret.models.conv import conv5_fc3
 from maps_interpret.models.export import to_torchscript
+from maps_interpret.models.fast import fuse_blocks
 
 
 def sync(device: str) -> None:
@@ -70,9 +72,16 @@ def main() -> None:
     pin = args.device.startswith("cuda")
     batches = [torch.randn(args.batch_size, *size).pin_memory() if pin else torch.randn(args.batch_size, *size)
                for _ in range(args.iters)]
-    variants = {"c_engine_fp32": lambda: Engine(to_torchscript(model), device=args.device)}
+    fused = fuse_blocks(model)
+    variants = {
+        "engine_plain_fp32": lambda: Engine(to_torchscript(model), device=args.device),
+        "engine_fused_fp32": lambda: Engine(to_torchscript(fused), device=args.device),
+        "engine_fused_fp32_channels_last": lambda: Engine(to_torchscript(fused), device=args.device, channels_last=True),
+    }
     if pin:
-        variants["c_engine_bf16"] = lambda: Engine(to_torchscript(model), device=args.device, amp=torch.bfloat16)
+        variants["engine_fused_bf16"] = lambda: Engine(to_torchscript(fused), device=args.device, amp=torch.bfloat16)
+        variants["engine_fused_bf16_channels_last"] = lambda: Engine(to_torchscript(fused), device=args.device,
+                                                                     amp=torch.bfloat16, channels_last=True)
         torch.backends.cudnn.benchmark = True
     results: dict[str, list[float]] = {name: [] for name in variants}
     if not args.skip_clinicadl:

@@ -33,7 +33,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("target", &mi::EngineOptions::target)
       .def_readwrite("amp", &mi::EngineOptions::amp)
       .def_readwrite("cam_variant", &mi::EngineOptions::cam_variant)
-      .def_readwrite("channels_last", &mi::EngineOptions::channels_last);
+      .def_readwrite("channels_last", &mi::EngineOptions::channels_last)
+      .def_readwrite("count_zeros", &mi::EngineOptions::count_zeros);
 
   py::class_<mi::Engine>(m, "Engine")
       .def(py::init<const torch::jit::Module&, mi::EngineOptions>(), py::arg("module"),
@@ -46,5 +47,6 @@ PYBIND11_MODULE(_core, m) {
       .def("counts", &mi::Engine::counts)
       .def("sums", &mi::Engine::sums, py::call_guard<py::gil_scoped_release>())
       .def("means", &mi::Engine::means, py::call_guard<py::gil_scoped_release>())
+      .def("zero_fraction", &mi::Engine::zero_fraction, py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("device", &mi::Engine::device);
 }

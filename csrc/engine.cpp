@@ -92,8 +92,20 @@ std::optional<at::Tensor> Engine::accumulate(const at::Tensor& batch,
   }
   at::Tensor maps = compute(x);
   sums_.add(maps, ids);
+  if (options_.count_zeros) {
+    at::Tensor zeros = maps.eq(0).sum();
+    zeros_ = zeros_.defined() ? zeros_.add_(zeros) : zeros;
+    values_ += maps.numel();
+  }
   if (return_maps) return maps;
   return std::nullopt;
+}
+
+double Engine::zero_fraction() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!options_.count_zeros) return -1.0;
+  if (values_ == 0) return 0.0;
+  return static_cast<double>(zeros_.item<int64_t>()) / static_cast<double>(values_);
 }
 
 std::vector<int64_t> Engine::ids() const {

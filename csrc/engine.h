@@ -22,6 +22,7 @@ struct EngineOptions {
   std::string amp = "none";     // autocast dtype of the forward pass: none, bfloat16, float16
   std::string cam_variant = "published";  // grad-cam only: published or clinicadl
   bool channels_last = false;   // run on channels-last inputs (much faster oneDNN kernels on CPU)
+  bool count_zeros = false;     // count exactly-zero map values (shows underflow under --amp)
 };
 
 class Engine {
@@ -38,6 +39,8 @@ class Engine {
   std::vector<int64_t> counts() const;
   at::Tensor sums() const;
   at::Tensor means() const;
+  // Fraction of exactly-zero values among all map values computed (count_zeros only; else -1).
+  double zero_fraction() const;
   std::string device() const { return device_.str(); }
   const EngineOptions& options() const { return options_; }
 
@@ -50,6 +53,8 @@ class Engine {
   torch::jit::Module model_;
   std::optional<torch::jit::Module> trunk_, head_;  // grad-cam: the model's `trunk` and `head` submodules
   ElementSums sums_;
+  at::Tensor zeros_;        // on the device: no synchronisation per batch
+  int64_t values_ = 0;
   mutable std::mutex mutex_;  // Python threads may call in parallel (the GIL is released)
 };
 

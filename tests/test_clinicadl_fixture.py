@@ -6,6 +6,7 @@ absolute value)."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -67,7 +68,8 @@ def fixture_run(request, clinicadl_fixture, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("folder", reference_folders() or [pytest.param("", marks=pytest.mark.skip(
     reason="ClinicaDL fixture not found"))])
-def test_same_files_and_maps_as_clinicadl(fixture_run, clinicadl_fixture, folder):
+def test_same_files_and_maps_as_clinicadl(fixture_run, clinicadl_fixture, folder, request):
+    device = request.node.callspec.params["fixture_run"]
     reference = clinicadl_fixture / "maps_image_cls" / folder
     ours = fixture_run / "maps_image_cls" / folder
     assert ours.is_dir(), f"{folder} was not written"
@@ -77,7 +79,10 @@ def test_same_files_and_maps_as_clinicadl(fixture_run, clinicadl_fixture, folder
         our_map = torch.load(ours / ref_file.name, weights_only=True)
         assert our_map.dtype == torch.float32 and not our_map.requires_grad
         assert our_map.untyped_storage().nbytes() == our_map.numel() * 4, "a .pt must hold only its own map"
-        assert_close_to_reference(our_map, ref_map, f"{folder}/{ref_file.name}")
+        if device == "cpu":
+            assert_close_to_reference(our_map, ref_map, f"{folder}/{ref_file.name}")
+        else:
+            assert_close_on_gpu(our_map, ref_map, f"{folder}/{ref_file.name}")
     for nifti in sorted(ours.glob("*.nii.gz")):
         image = nib.load(nifti)
         # Ours is the 3-D volume (ClinicaDL writes a 4-D (1, D, H, W) image, its x axis being the channel).
@@ -86,6 +91,23 @@ def test_same_files_and_maps_as_clinicadl(fixture_run, clinicadl_fixture, folder
         assert image.get_data_dtype() == "float32" and volume.dim() == 3
         pt = torch.load(ours / nifti.name.replace(".nii.gz", ".pt"), weights_only=True)
         assert torch.equal(volume, pt[0])
+
+
+def assert_close_on_gpu(ours: torch.Tensor, reference: torch.Tensor, what: str) -> None:
+    """cuDNN rounds otherwise than the CPU kernels, and a rounding difference can flip a ReLU/max-pool
+    decision (as a batch size of 1 instead of 2 does on the CPU): on CUDA, 99.9% of the voxels must be
+    within 1e-5 of the map's maximum and the map must correlate > 0.9999 with ClinicaDL's. The measured
+    errors are appended to $MAPS_INTERPRET_GPU_REPORT when it is set (benchmarks/gpu_check.sh)."""
+    scale = reference.abs().max()
+    error = (ours - reference).abs() / scale
+    within = (error <= 1e-5).float().mean().item()
+    correlation = torch.corrcoef(torch.stack([ours.flatten(), reference.flatten()]))[0, 1].item()
+    report = os.environ.get("MAPS_INTERPRET_GPU_REPORT")
+    if report:
+        with open(report, "a") as handle:
+            handle.write(json.dumps({"map": what, "max_error": error.max().item(), "within_1e-5": within,
+                                     "correlation": correlation, "card": torch.cuda.get_device_name(0)}) + "\n")
+    assert within >= 0.999 and correlation > 0.9999, f"{what}: {within:.5f} within 1e-5, correlation {correlation}"
 
 
 def test_group_created_as_clinicadl_does(fixture_run, clinicadl_fixture):

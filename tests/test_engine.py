@@ -99,6 +99,15 @@ def test_no_maps_returned_unless_asked_and_inputs_untouched():
     assert engine.counts() == {0: 2}
 
 
+def test_zero_fraction_is_counted_on_request():
+    model = random_model(conv5_fc3, (1, 8, 8, 8))
+    x = torch.randn(2, 1, 8, 8, 8)
+    assert Engine(to_torchscript(model)).zero_fraction() is None
+    engine = Engine(to_torchscript(model), count_zeros=True)
+    maps = engine.accumulate(x, [0, 0], return_maps=True)
+    assert engine.zero_fraction() == pytest.approx((maps == 0).float().mean().item())
+
+
 def test_loads_a_torchscript_file(tmp_path):
     model = random_model(conv5_fc3, (1, 8, 8, 8))
     path = tmp_path / "model.pt"

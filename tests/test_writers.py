@@ -82,3 +82,21 @@ def test_nifti_layout_of_maps():
     assert nifti_array(torch.zeros(1, 4, 5)).shape == (4, 5)
     rgb = torch.arange(3 * 4 * 5.0).view(3, 4, 5)
     assert nifti_array(rgb).shape == (4, 5, 1, 3) and nifti_array(rgb)[2, 3, 0, 1] == rgb[1, 2, 3]
+
+
+def test_background_writer_writes_and_reports_failures(tmp_path):
+    with writers.BackgroundWriter(depth=2) as background:
+        for i in range(5):
+            background.submit(writers.atomic_write_text, tmp_path / f"{i}.txt", str(i))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{i}.txt" for i in range(5)]
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    background = writers.BackgroundWriter(depth=1)
+    background.submit(disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(50):  # the failure surfaces at a later submit (or at close), never a hang
+            background.submit(writers.atomic_write_text, tmp_path / "late.txt", "x")
+        background.close()
+    background.close()  # idempotent once the error was raised

@@ -32,7 +32,8 @@ class RunSummary:
     outputs: list[Path] = field(default_factory=list)  # one interpret-<NAME> folder per (split, metric)
     sessions: int = 0  # sessions read (each once per pass)
     maps: int = 0  # element maps computed (elements x models)
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run
+    loop_seconds: float = 0.0  # the loops over batches (data, compute, individual writes), start-up excluded
 
     @property
     def maps_per_second(self) -> float:
@@ -57,7 +58,8 @@ def run(config: InterpretConfig) -> RunSummary:
                 summary.outputs.append(job.output_dir)
                 log.info("wrote %s", job.output_dir)
     summary.seconds = time.perf_counter() - start
-    log.info("done: %d map(s) of %d session(s) in %.1f s", summary.maps, summary.sessions, summary.seconds)
+    log.info("done: %d map(s) of %d session(s) in %.1f s (%.1f s in the loops over batches)", summary.maps,
+             summary.sessions, summary.seconds, summary.loop_seconds)
     return summary
 
 
@@ -77,6 +79,9 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
 
     config, maps = plan.config, plan.maps
     mode = maps.mode
+    if plan.device != "cpu":  # one image size per MAPS: autotuning pays off unless runs must be repeatable
+        torch.backends.cudnn.benchmark = not config.deterministic
+        torch.backends.cudnn.deterministic = config.deterministic
     engines = []
     for job in data_pass.jobs:
         log.info("%s-%d best-%s: %d session(s) x %d %s(s)", maps.split_name, job.split, job.metric,
@@ -94,7 +99,8 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.n_proc)
     progress = tqdm(total=data_pass.n_elements, unit=mode, desc=f"{config.data_group}/{config.name}", disable=None,
                     leave=False, dynamic_ncols=True)
-    with progress:
+    start = time.perf_counter()
+    with progress, writers.BackgroundWriter() as background:
         for batch in rebatch(loader, config.batch_size, pin=plan.device != "cpu"):
             for job, engine, folder in engines:
                 try:
@@ -106,12 +112,17 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
                     for map_, element, index in zip(maps_, batch.element_ids, batch.session_index):
                         session = data_pass.sessions[index]
                         stem = f"{session.participant_id}_{session.session_id}_{mode}-{element}_map"
-                        _write_map(map_, folder / stem, config.save_nifti)
+                        background.submit(_write_map, map_, folder / stem, config.save_nifti)
             progress.update(len(batch.element_ids))
+    summary.loop_seconds += time.perf_counter() - start
     summary.sessions += len(data_pass.sessions)
     summary.maps += data_pass.n_elements * len(engines)
 
     for job, engine, folder in engines:
+        if engine.zero_fraction() is not None:
+            log.info("%s-%d best-%s: %.4f%% of the gradient values are exactly zero under --amp (compare with a "
+                     "float32 run to see underflow)", maps.split_name, job.split, job.metric,
+                     100 * engine.zero_fraction())
         for element, mean in group_means(engine, config.compat, len(data_pass.sessions),
                                          len(data_pass.element_ids)).items():
             _write_map(mean.cpu(), folder / f"mean_{mode}-{element}_map", config.save_nifti)

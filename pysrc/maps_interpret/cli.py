@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import fields
 from typing import Optional, Sequence
@@ -55,6 +56,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    # Transparent huge pages for torch's large CPU buffers: a 3D pass allocates GBs per batch, and with 4 KiB
+    # pages the kernel's page faults cost as much as a third of the pass (measured: BENCHMARKS.md). torch
+    # reads this once, at its first allocation, so it is set before torch is imported.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from . import api  # heavy imports (torch) only once the command line is valid
 
     try:

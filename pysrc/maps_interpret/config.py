@@ -74,6 +74,8 @@ class InterpretConfig:
         "--level_grad_cam", type=int, metavar="INT",
         help="Grad-CAM: the feature map is taken after this many modules of the network's `convolutions` "
              "(default: after all of them)."))
+    deterministic: bool = field(default=False, metadata=_opt(
+        "--deterministic", help="GPU: deterministic cuDNN algorithms, no autotuning (slower; same maps every run)."))
     compat: Optional[str] = field(default=None, metadata=_opt(
         "--compat", type=str, choices=COMPAT, metavar="clinicadl",
         help="Reproduce ClinicaDL 1.6.1's numbers where they differ: its mean of patch/slice/roi maps "

@@ -50,19 +50,22 @@ class Engine:
     copy); for `method="grad-cam"` it must have `trunk` and `head` submodules (`models.export.to_torchscript_cam`).
     `target` is the output node whose gradient is mapped; `amp` the autocast dtype of the forward pass
     (None: float32); `cam_variant` "published" (default) or "clinicadl" (ClinicaDL 1.6.1's Grad-CAM);
-    `channels_last` runs on channels-last copies of the batches (None: on the CPU, where oneDNN's
-    channels-last 3D kernels are several times faster; see BENCHMARKS.md). Calls release the GIL while computing.
+    `channels_last` runs on channels-last copies of the batches (faster kernels, other rounding: off by
+    default, see models/fast.py); `count_zeros` counts
+    exactly-zero map values (None: with `amp`, where they reveal underflow). Calls release the GIL while computing.
     """
 
     def __init__(self, model: Union[str, os.PathLike, torch.jit.ScriptModule], *, device: str = "cpu",
                  method: str = "gradients", target: int = 0, amp: Optional[torch.dtype] = None,
-                 cam_variant: str = "published", channels_last: Optional[bool] = None):
+                 cam_variant: str = "published", channels_last: bool = False,
+                 count_zeros: Optional[bool] = None):
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of None, torch.bfloat16, torch.float16; got {amp}")
         options = _core.EngineOptions()
         options.device, options.method, options.target, options.amp = str(device), method, int(target), AMP_DTYPES[amp]
         options.cam_variant = cam_variant
-        options.channels_last = torch.device(device).type == "cpu" if channels_last is None else bool(channels_last)
+        options.channels_last = bool(channels_last)
+        options.count_zeros = amp is not None if count_zeros is None else bool(count_zeros)
         if isinstance(model, (str, os.PathLike)):
             self._core = _core_call(_core.Engine.from_file, os.fspath(model), options)
         elif isinstance(model, torch.jit.ScriptModule):
@@ -88,6 +91,11 @@ class Engine:
 
     def means(self) -> dict[int, torch.Tensor]:
         return dict(zip(self._core.ids(), _core_call(self._core.means).unbind(0)))
+
+    def zero_fraction(self) -> Optional[float]:
+        """Fraction of exactly-zero map values so far, when counted (by default with `amp`)."""
+        fraction = self._core.zero_fraction()
+        return None if fraction < 0 else fraction
 
 
 def frozen_batch_norm(x: torch.Tensor, norm: torch.nn.Module, alpha: torch.Tensor) -> torch.Tensor:

@@ -5,16 +5,17 @@ and moved into place whole when their computation has finished."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
+import queue
 import shutil
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,20 @@ def write_tsv(path: Path, columns: list[str], rows: Iterable[dict[str, str]]) ->
 
 
 def save_tensor(tensor, path: Path) -> None:
-    """A `.pt` holding exactly this tensor: cloned so a view never drags its whole batch along."""
+    """A `.pt` holding exactly this tensor: cloned so a view never drags its whole batch along; streamed
+    to a temporary file of the destination folder, then renamed."""
     import torch
 
-    buffer = io.BytesIO()
-    torch.save(tensor.detach().to("cpu", copy=True).contiguous(), buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    path = Path(path)
+    compact = tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(compact, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
 
 
 def save_nifti(volume, path: Path, affine=None) -> None:
@@ -83,6 +92,61 @@ def remove_tree(path: Path) -> None:
     trash = path.with_name(f".{path.name}.removing-{os.getpid()}-{time.monotonic_ns()}")
     os.replace(path, trash)
     shutil.rmtree(trash)
+
+
+class BackgroundWriter:
+    """Writes files on one background thread while the next batch computes.
+
+    At most `depth` writes wait (bounded memory: the caller blocks when the queue is full). A failed write
+    is raised in the caller's thread at the next `submit` or at `close`; after a failure the remaining
+    writes are dropped, never left waiting, so nothing hangs.
+    """
+
+    _STOP = object()
+
+    def __init__(self, depth: int = 8):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="maps-interpret-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            task = self._queue.get()
+            if task is self._STOP:
+                return
+            if self._error is None:
+                function, args = task
+                try:
+                    function(*args)
+                except BaseException as error:  # reported to the caller, which stops the run
+                    self._error = error
+
+    def _raise_pending(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def submit(self, function: Callable, *args) -> None:
+        self._raise_pending()
+        self._queue.put((function, args))
+
+    def close(self) -> None:
+        """Waits for every queued write, then raises the first failure, if any."""
+        self._queue.put(self._STOP)
+        self._thread.join()
+        self._raise_pending()
+
+    def __enter__(self) -> "BackgroundWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:  # the run failed already: stop writing, keep the original error
+            self._error = self._error or exc
+            self._queue.put(self._STOP)
+            self._thread.join()
 
 
 class Staging:

@@ -1,0 +1,66 @@
+"""Variant (c) of the benchmark: the engine alone on preloaded, preprocessed tensors (no file I/O), built
+the way maps-interpret builds it. Prints a JSON line: seconds per image of the loop over batches.
+
+    python benchmarks/floor.py MAPS CAPS TSV [--batch_size 2] [--gpu] [--amp] [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the maps-interpret command does, before torch loads
+
+import torch  # noqa: E402
+
+from maps_interpret.caps import find_sessions, load_tensor  # noqa: E402
+from maps_interpret.engine import Engine  # noqa: E402
+from maps_interpret.maps import open_maps  # noqa: E402
+from maps_interpret.models import load_model  # noqa: E402
+from maps_interpret.models.export import to_torchscript  # noqa: E402
+from maps_interpret.models.fast import fuse_blocks  # noqa: E402
+from maps_interpret.transforms import Preprocess  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("maps", type=Path)
+    parser.add_argument("caps", type=Path)
+    parser.add_argument("tsv", type=Path)
+    parser.add_argument("--batch_size", type=int, default=2)
+    parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--channels_last", action="store_true", help="channels-last inputs (other rounding)")
+    args = parser.parse_args()
+    device = "cuda" if args.gpu else "cpu"
+    if args.gpu:
+        torch.backends.cudnn.benchmark = True
+    maps = open_maps(args.maps)
+    with args.tsv.open() as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    sessions = find_sessions({"single": args.caps}, [{**r, "cohort": "single"} for r in rows],
+                             maps.params["preprocessing_dict"])
+    preprocess = Preprocess.from_params(maps.params)
+    images = torch.stack([preprocess(load_tensor(s.tensor_path)) for s in sessions])
+    batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
+    if args.gpu:
+        batches = [b.pin_memory() for b in batches]
+    engine = Engine(to_torchscript(fuse_blocks(load_model(maps, maps.model_path(0, "loss")))), device=device,
+                    amp=torch.bfloat16 if args.amp else None, channels_last=args.channels_last)
+    for batch in batches[:2]:  # warm-up: TorchScript profiling runs, cuDNN autotuning
+        engine.accumulate(batch, [0] * len(batch))
+    engine.means()
+    start = time.perf_counter()
+    for batch in batches:
+        engine.accumulate(batch, [0] * len(batch))
+    engine.means()  # waits for the device
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds_per_image": seconds / len(images), "images": len(images)}))
+
+
+if __name__ == "__main__":
+    main()
