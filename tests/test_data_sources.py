@@ -105,7 +105,9 @@ def test_custom_architecture_as_torchscript(demo, method):
     Path("maps/maps.json").write_text(json.dumps(params))
     assert run("test", "scripted", method) == 0
     native, scripted = maps_of(result("test", "native")), maps_of(result("test", "scripted"))
-    assert native.keys() == scripted.keys() and all(torch.equal(native[k], scripted[k]) for k in native)
+    assert native.keys() == scripted.keys()
+    for key in native:  # a user's TorchScript file runs as given, without the rewrite of models/fast.py
+        assert (native[key] - scripted[key]).abs().max() <= 1e-5 * native[key].abs().max()
 
 
 def test_custom_architecture_without_torchscript_file(demo, capsys):

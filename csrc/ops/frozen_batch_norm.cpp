@@ -25,7 +25,9 @@ class FrozenBatchNorm : public torch::autograd::Function<FrozenBatchNorm> {
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
     const at::Tensor alpha = ctx->get_saved_variables()[0];
-    return {grads[0] * alpha, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    const at::Tensor grad = grads[0];
+    return {(grad * alpha).to(grad.scalar_type()), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor(), at::Tensor()};
   }
 };
 

@@ -5,8 +5,10 @@
 // ReLU/max-pool decision is unchanged: those decisions, not rounding, are what make two implementations'
 // maps differ). Only the input gradient, a linear map whose rounding stays at float precision, is computed
 // with oneDNN's channels-last kernels, up to 6x faster on 3D volumes than the contiguous ones. On CUDA the
-// backward is torch's usual one. No weight or bias gradient is ever computed.
+// backward is torch's usual one. The weights are constants: no weight or bias gradient is ever computed.
+// Under autocast the op casts like torch's own convolutions (input, weight and bias to the autocast dtype).
 #include <ATen/ATen.h>
+#include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
@@ -22,7 +24,7 @@ class FrozenConv : public torch::autograd::Function<FrozenConv> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
                             const std::optional<at::Tensor>& bias, c10::IntArrayRef stride,
                             c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
-    ctx->save_for_backward({weight});
+    ctx->save_for_backward({weight});  // already in the computation dtype (see frozen_conv)
     ctx->saved_data["input_sizes"] = x.sizes().vec();
     ctx->saved_data["stride"] = stride.vec();
     ctx->saved_data["padding"] = padding.vec();
@@ -45,7 +47,7 @@ class FrozenConv : public torch::autograd::Function<FrozenConv> {
     const auto options = at::TensorOptions()
                              .dtype(static_cast<at::ScalarType>(ctx->saved_data["dtype"].toInt()))
                              .device(ctx->saved_data["device"].toDevice());
-    at::Tensor grad = grads[0];
+    at::Tensor grad = grads[0].to(weight.scalar_type());
     const bool cpu = grad.is_cpu() && (grad.dim() == 4 || grad.dim() == 5);
     const auto format = cpu ? channels_last_for(grad.dim()) : at::MemoryFormat::Contiguous;
     if (cpu) grad = at::empty_like(grad, grad.options(), format).copy_(grad);
@@ -60,8 +62,22 @@ class FrozenConv : public torch::autograd::Function<FrozenConv> {
 
 at::Tensor frozen_conv(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                        c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups) {
-  TORCH_CHECK(!weight.requires_grad(), "frozen_conv: the weights must not require grad");
-  return FrozenConv::apply(x, weight, bias, stride, padding, dilation, groups);
+  const auto device_type = x.device().type();
+  if (at::autocast::is_autocast_enabled(device_type)) {
+    // A custom op is not on autocast's lists: cast as autocast does for torch's convolutions.
+    const auto dtype = at::autocast::get_autocast_dtype(device_type);
+    std::optional<at::Tensor> cast_bias;
+    if (bias.has_value() && bias->defined()) cast_bias = bias->to(dtype);
+    struct Pause {  // the inner convolution runs in the dtype given; autocast comes back on exit
+      c10::DeviceType type;
+      explicit Pause(c10::DeviceType t) : type(t) { at::autocast::set_autocast_enabled(type, false); }
+      ~Pause() { at::autocast::set_autocast_enabled(type, true); }
+    } pause(device_type);
+    return FrozenConv::apply(x.to(dtype), weight.detach().to(dtype), cast_bias, stride, padding, dilation, groups);
+  }
+  std::optional<at::Tensor> frozen_bias;
+  if (bias.has_value() && bias->defined()) frozen_bias = bias->detach();
+  return FrozenConv::apply(x, weight.detach(), frozen_bias, stride, padding, dilation, groups);
 }
 
 }  // namespace

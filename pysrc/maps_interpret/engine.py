@@ -36,11 +36,12 @@ class EngineError(RuntimeError):
 
 
 def _core_call(function, *args):
-    try:
-        return function(*args)
-    except (RuntimeError, IndexError, ValueError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise EngineError(message) from None
+    """The core returns its errors as exception objects (csrc/bindings.cpp); raise them as EngineError."""
+    result = function(*args)
+    if isinstance(result, BaseException):
+        message = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
+        raise EngineError(message)
+    return result
 
 
 class Engine:
@@ -61,6 +62,12 @@ class Engine:
                  count_zeros: Optional[bool] = None):
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of None, torch.bfloat16, torch.float16; got {amp}")
+        if method not in ("gradients", "grad-cam"):
+            raise EngineError(f"unknown attribution method '{method}': use gradients or grad-cam")
+        if torch.device(device).type not in ("cpu", "cuda"):
+            raise EngineError(f"unsupported device '{device}': use cpu, cuda or cuda:N")
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise EngineError(f"device '{device}' was requested but no CUDA GPU is visible")
         options = _core.EngineOptions()
         options.device, options.method, options.target, options.amp = str(device), method, int(target), AMP_DTYPES[amp]
         options.cam_variant = cam_variant
@@ -69,7 +76,7 @@ class Engine:
         if isinstance(model, (str, os.PathLike)):
             self._core = _core_call(_core.Engine.from_file, os.fspath(model), options)
         elif isinstance(model, torch.jit.ScriptModule):
-            self._core = _core_call(_core.Engine, model._c, options)
+            self._core = _core_call(_core.Engine.create, model._c, options)
         else:
             raise TypeError(f"model must be a TorchScript path or torch.jit.ScriptModule, got {type(model).__name__}")
 
@@ -81,20 +88,31 @@ class Engine:
                    return_maps: bool = False) -> Optional[torch.Tensor]:
         """Maps of `batch` (B, C, *spatial) added to the sums of their element ids; the (B, C, *spatial)
         float32 maps, on the engine's device, come back only if `return_maps`."""
-        return _core_call(self._core.accumulate, batch, [int(i) for i in element_ids], bool(return_maps))
+        ids = [int(i) for i in element_ids]
+        # Checked here too, so that bad input never depends on an error leaving C++.
+        if not isinstance(batch, torch.Tensor) or batch.dim() < 3:
+            raise EngineError(f"a batch must be (B, C, *spatial); got shape {list(getattr(batch, 'shape', []))}")
+        if batch.shape[0] != len(ids):
+            raise EngineError(f"got {len(ids)} element ids for a batch of {batch.shape[0]}")
+        if not batch.is_floating_point():
+            raise EngineError(f"a batch must hold floating-point values, got {batch.dtype}")
+        return _core_call(self._core.accumulate, batch, ids, bool(return_maps))
+
+    def _ids(self) -> list[int]:
+        return _core_call(self._core.ids)
 
     def sums(self) -> dict[int, torch.Tensor]:
-        return dict(zip(self._core.ids(), _core_call(self._core.sums).unbind(0)))
+        return dict(zip(self._ids(), _core_call(self._core.sums).unbind(0)))
 
     def counts(self) -> dict[int, int]:
-        return dict(zip(self._core.ids(), self._core.counts()))
+        return dict(zip(self._ids(), _core_call(self._core.counts)))
 
     def means(self) -> dict[int, torch.Tensor]:
-        return dict(zip(self._core.ids(), _core_call(self._core.means).unbind(0)))
+        return dict(zip(self._ids(), _core_call(self._core.means).unbind(0)))
 
     def zero_fraction(self) -> Optional[float]:
         """Fraction of exactly-zero map values so far, when counted (by default with `amp`)."""
-        fraction = self._core.zero_fraction()
+        fraction = _core_call(self._core.zero_fraction)
         return None if fraction < 0 else fraction
 
 

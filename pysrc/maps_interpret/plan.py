@@ -15,7 +15,7 @@ from pathlib import Path
 from .caps import Session, find_sessions, load_tensor
 from .config import InterpretConfig, validate
 from .elements import layout_for
-from .errors import MapsInterpretError
+from .errors import MapsInterpretError, UsageError
 from .groups import GroupPlan, definition_for_split, plan_group, resolve_caps
 from .maps import Maps, open_maps
 
@@ -77,6 +77,12 @@ def make_plan(config: InterpretConfig) -> Plan:
     models = [(split, metric) for split in splits for metric in config.selection_metrics]
     for split, metric in models:
         check_model(maps, split, metric, cam=config.method == "grad-cam")
+    from .models import output_count
+
+    outputs = output_count(maps)
+    if outputs is not None and config.target_node >= outputs:
+        raise UsageError(f"--target_node {config.target_node} is out of range: the network of {maps.path} has "
+                         f"{outputs} output node(s), 0..{outputs - 1} (label_code: {maps.params.get('label_code')})")
     group = plan_group(maps, config)
 
     prep = maps.params["preprocessing_dict"]

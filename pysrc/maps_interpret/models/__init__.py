@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -110,6 +110,16 @@ def check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
                  for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shapes))
                  if keys]
         raise MapsInterpretError(f"{path} does not fit the architecture in maps.json ({'; '.join(parts)})")
+
+
+def output_count(maps: Maps) -> Optional[int]:
+    """Output nodes of the rebuilt network (a forward pass on the meta device: no memory, no compute);
+    None for TorchScript models, which the engine checks when it runs."""
+    if uses_torchscript(maps):
+        return None
+    with torch.device("meta"):
+        output = build_model(maps).eval()(torch.empty(1, *maps.input_size))
+    return int(output.shape[1])
 
 
 def check_weights(maps: Maps, path: Path, cam: bool = False) -> None:
