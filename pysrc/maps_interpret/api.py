@@ -49,7 +49,13 @@ def run(config: InterpretConfig) -> RunSummary:
     with writers.Staging(plan.maps.path) as staging:
         group_committed = False
         for data_pass in plan.passes:
-            staged = _run_pass(plan, data_pass, staging, summary)
+            try:
+                staged = _run_pass(plan, data_pass, staging, summary)
+            except OSError as error:  # disk full, quota, permissions: say where, drop this pass's results
+                raise MapsInterpretError(
+                    f"writing maps into {plan.maps.path} failed ({error.strerror or error}); the results of this "
+                    f"pass were discarded{', earlier ones kept' if summary.outputs else ''}: free space or "
+                    "fix permissions, then run again") from None
             if not group_committed:  # the group exists in the MAPS from the first finished results on
                 commit_group(plan.maps, plan.group)
                 group_committed = True

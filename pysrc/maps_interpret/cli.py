@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from dataclasses import fields
 from typing import Optional, Sequence
@@ -32,6 +33,14 @@ class _Parser(ArgumentParser):
         return super().add_argument(*args, **kwargs)
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that clean-up runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def _one_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     return lines[0] if lines else type(error).__name__
@@ -44,7 +53,8 @@ def build_parser() -> ArgumentParser:
         description="Saliency maps of the models of a ClinicaDL MAPS over a data group "
         "(the mean map always, one map per session with --save_individual).",
         epilog="Exit status: 0 success, 1 error (bad input, missing file, no GPU...), 2 usage error, "
-        "130 interrupted. Errors are one line on stderr; add --verbose for a traceback.",
+        "130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Errors are one line on stderr; add --verbose for a "
+        "traceback.",
     )
 
 
@@ -62,6 +72,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     from . import api  # heavy imports (torch) only once the command line is valid
 
+    # SIGTERM (a scheduler's time limit, `kill`) unwinds like Ctrl-C, so the staging folder is removed.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         summary = api.run(config)
     except MapsInterpretError as error:
@@ -70,8 +82,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing of this run was left in the MAPS", file=sys.stderr)
+        print(f"{PROG}: interrupted; no partial result was left in the MAPS", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"{PROG}: terminated (SIGTERM); no partial result was left in the MAPS", file=sys.stderr)
+        return 143
     except Exception as error:  # a bug or an environment failure: still one line unless --verbose
         if config.verbose:
             raise

@@ -68,6 +68,8 @@ def read_parameters(maps_json: Path) -> dict[str, Any]:
     if "use_cpu" in params:
         params["gpu"] = not params.pop("use_cpu")
     task = params.get("network_task", "classification")
+    if not isinstance(task, str):
+        raise MapsInterpretError(f"{maps_json}: 'network_task' must be a string, got {task!r:.80}")
     params.setdefault("network_task", task)
     for key, value in DEFAULTS.items():
         params.setdefault(key, value)
@@ -93,7 +95,61 @@ def read_parameters(maps_json: Path) -> dict[str, Any]:
         prep.setdefault("prepare_dl", False)
     if prep["mode"] == "slice":
         prep.setdefault("slice_mode", "rgb")
+    check_types(params, maps_json)
     return params
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _positive_ints(value, lengths=None) -> bool:
+    return (isinstance(value, list) and all(_is_int(v) and v > 0 for v in value)
+            and (lengths is None or len(value) in lengths))
+
+
+# What interpret reads, and the type each value must have (a wrong type is a one-line error naming the key).
+TOP_LEVEL_TYPES = {
+    "architecture": ("a string", lambda v: isinstance(v, str)),
+    "multi_network": ("true or false", lambda v: isinstance(v, bool)),
+    "input_size": ("a list of 3 or 4 positive integers", lambda v: _positive_ints(v, (3, 4))),
+    "output_size": ("a positive integer or null", lambda v: v is None or (_is_int(v) and v > 0)),
+    "dropout": ("a number", lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))),
+    "label_code": ("an object", lambda v: isinstance(v, dict)),
+    "label": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "normalize": ("true or false", lambda v: isinstance(v, bool)),
+    "size_reduction": ("true or false", lambda v: isinstance(v, bool)),
+    "size_reduction_factor": ("an integer", _is_int),
+    "diagnoses": ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(d, str) for d in v)),
+}
+PREPROCESSING_TYPES = {
+    "mode": ("one of image, patch, slice, roi", lambda v: v in ("image", "patch", "slice", "roi")),
+    "preprocessing": ("a string", lambda v: isinstance(v, str)),
+    "file_type": ("an object with a string 'pattern'",
+                  lambda v: isinstance(v, dict) and isinstance(v.get("pattern"), str)),
+    "prepare_dl": ("true or false", lambda v: isinstance(v, bool)),
+    "use_uncropped_image": ("true or false", lambda v: isinstance(v, bool)),
+    "patch_size": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "stride_size": ("a positive integer", lambda v: _is_int(v) and v > 0),
+    "slice_direction": ("0, 1 or 2", lambda v: _is_int(v) and v in (0, 1, 2)),
+    "slice_mode": ("rgb or single", lambda v: v in ("rgb", "single")),
+    "discarded_slices": ("an integer or a list of 1 or 2 integers",
+                         lambda v: (_is_int(v) and v >= 0) or (isinstance(v, list) and 1 <= len(v) <= 2
+                                                               and all(_is_int(x) and x >= 0 for x in v))),
+    "num_slices": ("a positive integer or null", lambda v: v is None or (_is_int(v) and v > 0)),
+    "roi_list": ("a list of names", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    "uncropped_roi": ("true or false", lambda v: isinstance(v, bool)),
+    "roi_custom_template": ("a string or null", lambda v: v is None or isinstance(v, str)),
+    "roi_custom_mask_pattern": ("a string or null", lambda v: v is None or isinstance(v, str)),
+}
+
+
+def check_types(params: dict, maps_json: Path) -> None:
+    for table, values, prefix in ((TOP_LEVEL_TYPES, params, ""),
+                                  (PREPROCESSING_TYPES, params["preprocessing_dict"], "preprocessing_dict.")):
+        for key, (expected, valid) in table.items():
+            if key in values and not valid(values[key]):
+                raise MapsInterpretError(f"{maps_json}: {prefix}{key} must be {expected}, got {values[key]!r:.80}")
 
 
 @dataclass(frozen=True)

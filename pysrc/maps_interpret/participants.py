@@ -84,7 +84,8 @@ def _keep(rows: list[dict], columns: list[str], diagnoses: Sequence[str], label:
     if not kept:
         found = sorted({str(row.get("diagnosis")) for row in rows})
         raise MapsInterpretError(f"no row of {where} has a diagnosis in {list(diagnoses)} (found: "
-                                 f"{', '.join(found) or 'no rows'}); choose the diagnoses with -d/--diagnoses")
+                                 f"{', '.join(repr(d) for d in found) or 'no rows'}); choose the diagnoses with "
+                                 "-d/--diagnoses")
     out_columns = ["participant_id", "session_id", "cohort"]
     if label is not None and label in columns and label not in out_columns:
         out_columns.append(label)

@@ -24,8 +24,7 @@ class Table:
         if missing:
             raise MapsInterpretError(
                 f"{self.path} lacks the column(s) {', '.join(missing)}: its header is "
-                f"{', '.join(self.columns) or '(empty)'}; a participants TSV needs participant_id, session_id "
-                "and diagnosis, separated by tabs")
+                f"{', '.join(repr(c) for c in self.columns) or '(empty)'}; columns are separated by tabs")
 
 
 def read_table(path: Path) -> Table:

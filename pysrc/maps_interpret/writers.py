@@ -152,8 +152,8 @@ class BackgroundWriter:
 class Staging:
     """Temporary interpretation folders inside the MAPS, moved into place on success.
 
-    A run that fails or is interrupted removes its staging folder; only a killed process leaves one,
-    named after host and pid, which a later run reports.
+    A run that fails or is interrupted removes its staging folder; only a killed process leaves one, named
+    after host, pid and time, which a later run on the same host removes once that pid is gone.
     """
 
     def __init__(self, maps_path: Path):
@@ -162,10 +162,15 @@ class Staging:
         self._count = 0
 
     def __enter__(self) -> "Staging":
-        stale = [p.name for p in self.root.iterdir()] if self.root.is_dir() else []
-        if stale:
-            log.warning("%s holds folders of earlier runs that did not finish (%s); they are not used "
-                        "and can be deleted", self.root, ", ".join(sorted(stale)))
+        for folder in sorted(self.root.iterdir()) if self.root.is_dir() else []:
+            host, _, rest = folder.name.rpartition("-")[0].rpartition("-")
+            pid = int(rest) if rest.isdigit() else None
+            if host == socket.gethostname() and pid is not None and not _alive(pid):
+                log.info("removing %s, left by a run that was killed", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+            else:
+                log.warning("%s is used by another run (or by a killed run on another host); it is left alone",
+                            folder)
         self.run_dir.mkdir(parents=True)
         return self
 
@@ -196,6 +201,16 @@ class Staging:
         os.replace(final, old)
         os.replace(staged, final)
         shutil.rmtree(old)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _unlink_quietly(path: str) -> None:

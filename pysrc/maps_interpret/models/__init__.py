@@ -61,8 +61,8 @@ def build_model(maps: Maps) -> nn.Module:
         params["output_size"] = _default_outputs(maps)
     try:
         return ARCHITECTURES[name](params)
-    except (KeyError, TypeError, ValueError) as error:
-        detail = f"missing {error}" if isinstance(error, KeyError) else str(error)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError) as error:
+        detail = f"missing {error}" if isinstance(error, KeyError) else f"{type(error).__name__}: {error}"
         raise MapsInterpretError(f"{maps.path / 'maps.json'}: cannot build {name} ({detail})") from None
 
 
