@@ -38,3 +38,14 @@ def assert_close_to_reference(ours: torch.Tensor, reference: torch.Tensor, what:
     scale = reference.abs().max().item()
     error = (ours.float() - reference.float()).abs().max().item()
     assert error <= rtol * scale, f"{what}: max error {error:.3g} > {rtol} x {scale:.3g}"
+
+
+def with_trained_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters (eval-mode BatchNorm then matters), eval mode."""
+    for module in model.modules():
+        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    return model.eval()

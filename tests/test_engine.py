@@ -12,7 +12,7 @@ from maps_interpret.models.conv import conv4_fc3, conv5_fc3
 from maps_interpret.models.export import load_torchscript, to_torchscript
 from maps_interpret.reference import ReferenceEngine, reference_gradients
 
-from helpers import DEVICES
+from helpers import DEVICES, with_trained_batchnorm
 
 # Same kernels on both sides, so CPU results agree to float rounding of the reduction order at most.
 RTOL = 1e-6
@@ -20,14 +20,7 @@ RTOL = 1e-6
 
 def random_model(builder, input_size, outputs=3, seed=0):
     torch.manual_seed(seed)
-    model = builder(input_size, output_size=outputs, dropout=0.5)
-    for module in model.modules():  # non-trivial running statistics: eval-mode BatchNorm matters
-        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.1, 0.1)
-    return model.eval()
+    return with_trained_batchnorm(builder(input_size, output_size=outputs, dropout=0.5))
 
 
 def close(a: torch.Tensor, b: torch.Tensor, rtol: float = RTOL) -> bool:

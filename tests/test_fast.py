@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import DEVICES
+from helpers import DEVICES, with_trained_batchnorm
 from maps_interpret.engine import Engine, frozen_batch_norm
 from maps_interpret.models.conv import conv4_fc3, conv5_fc3
 from maps_interpret.models.export import to_torchscript
@@ -15,21 +15,11 @@ from maps_interpret.models.fast import ConvPoolBlock, fuse_blocks
 from maps_interpret.reference import reference_gradients
 
 
-def trained_like(model):
-    for module in model.modules():
-        if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.1, 0.1)
-    return model.eval()
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(3, 8, 9, 10, 11), (2, 8, 7, 12)])
 def test_frozen_batch_norm_op(device, shape):
     torch.manual_seed(0)
-    norm = trained_like(torch.nn.BatchNorm3d(8) if len(shape) == 5 else torch.nn.BatchNorm2d(8)).to(device)
+    norm = with_trained_batchnorm(torch.nn.BatchNorm3d(8) if len(shape) == 5 else torch.nn.BatchNorm2d(8)).to(device)
     alpha = (norm.weight / torch.sqrt(norm.running_var + norm.eps)).detach().reshape([-1] + [1] * (len(shape) - 2))
     x = torch.randn(shape, device=device, requires_grad=True)
     y = frozen_batch_norm(x, norm, alpha)
@@ -49,7 +39,7 @@ def test_frozen_batch_norm_op(device, shape):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_fused_model_same_function_and_gradient(builder, size, channels_last):
     torch.manual_seed(1)
-    model = trained_like(builder(size, output_size=2, dropout=0.5))
+    model = with_trained_batchnorm(builder(size, output_size=2, dropout=0.5))
     fused = fuse_blocks(model)
     assert sum(isinstance(m, ConvPoolBlock) for m in fused.convolutions) == 5 and len(fused.convolutions) == 5
     assert len(model.convolutions) == 20  # the original is untouched

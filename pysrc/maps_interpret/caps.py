@@ -13,7 +13,7 @@ from typing import Iterable, Iterator, Optional, Sequence
 import torch
 from torch.utils.data import Dataset
 
-from .errors import MapsInterpretError
+from .errors import MapsInterpretError, first_line
 from .transforms import Preprocess
 
 # CAPS sub-folder of each preprocessing under deeplearning_prepare_data/<mode>_based/.
@@ -99,8 +99,7 @@ def load_tensor(path: Path, mmap: bool = False) -> torch.Tensor:
     try:
         value = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:  # unreadable, truncated, or a pickle that is not plain tensors
-        message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise MapsInterpretError(f"cannot read tensor {path}: {type(error).__name__}: {message}") from None
+        raise MapsInterpretError(f"cannot read tensor {path}: {type(error).__name__}: {first_line(error)}") from None
     if not isinstance(value, torch.Tensor):
         raise MapsInterpretError(f"{path} holds a {type(value).__name__}, not a tensor")
     if not value.is_floating_point():

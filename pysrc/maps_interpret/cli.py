@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 from argparse_dataclass import ArgumentParser
 
 from .config import InterpretConfig
-from .errors import MapsInterpretError
+from .errors import MapsInterpretError, first_line
 
 PROG = "maps-interpret"
 
@@ -39,11 +39,6 @@ class Terminated(BaseException):
 
 def _terminate(signum, frame) -> None:
     raise Terminated()
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
 
 
 def build_parser() -> ArgumentParser:
@@ -79,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except MapsInterpretError as error:
         if config.verbose:
             logging.getLogger(__name__).exception("failed")
-        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"{PROG}: error: {first_line(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted; no partial result was left in the MAPS", file=sys.stderr)
@@ -90,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as error:  # a bug or an environment failure: still one line unless --verbose
         if config.verbose:
             raise
-        print(f"{PROG}: error: {type(error).__name__}: {_one_line(error)} (rerun with --verbose for the traceback)",
+        print(f"{PROG}: error: {type(error).__name__}: {first_line(error)} (rerun with --verbose for the traceback)",
               file=sys.stderr)
         return 1
     for folder in summary.outputs:  # stdout: the result, for scripts; logs go to stderr

@@ -11,6 +11,8 @@ from typing import Optional, Sequence, Union
 
 import torch  # must be imported before _core (it loads libtorch and registers the tensor types)
 
+from .errors import first_line
+
 REBUILD = "pip install --no-build-isolation --force-reinstall --no-deps maps-interpret (or `make setup`)"
 
 try:
@@ -39,8 +41,7 @@ def _core_call(function, *args):
     """The core returns its errors as exception objects (csrc/bindings.cpp); raise them as EngineError."""
     result = function(*args)
     if isinstance(result, BaseException):
-        message = str(result).strip().splitlines()[0] if str(result).strip() else type(result).__name__
-        raise EngineError(message)
+        raise EngineError(first_line(result))
     return result
 
 

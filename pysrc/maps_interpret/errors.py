@@ -16,3 +16,10 @@ class UsageError(MapsInterpretError):
     """Options that contradict each other or are out of range (exit status 2, like argparse)."""
 
     exit_code = 2
+
+
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message (its type name if it has none): errors from torch
+    and C++ often append context lines that do not belong in a one-line message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from ..errors import MapsInterpretError
+from ..errors import MapsInterpretError, first_line
 from ..maps import Maps
 from . import _params, random_arch, resnet, resnet3d, secnn, stride
 from .conv import conv4_fc3, conv5_fc3
@@ -90,9 +90,8 @@ def read_state_dict(path: Path, mmap: bool = False) -> dict:
     except FileNotFoundError:
         raise MapsInterpretError(f"{path} does not exist: the model of this split/selection metric is missing") from None
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise MapsInterpretError(f"cannot load {path}: it is truncated, corrupt, or holds more than plain "
-                                 f"tensors (refused for safety; {first[:200]})") from None
+                                 f"tensors (refused for safety; {first_line(error)[:200]})") from None
     state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise MapsInterpretError(f"{path} is not a ClinicaDL checkpoint: no 'model' state_dict inside")
@@ -149,8 +148,7 @@ def load_model(maps: Maps, path: Path) -> nn.Module:
         try:
             return load_torchscript(path)
         except Exception as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise MapsInterpretError(f"cannot load TorchScript model {path}: {first[:200]}") from None
+            raise MapsInterpretError(f"cannot load TorchScript model {path}: {first_line(error)[:200]}") from None
     model = build_model(maps)
     state = read_state_dict(path)
     check_state_dict(model, state, path)

@@ -70,13 +70,18 @@ def stage_channels(block_number: int, first_in_channels: int) -> Tuple[int, int]
     return in_channels, 2 ** (block_number + 2)
 
 
+def staged_convolutions(block: type) -> nn.Sequential:
+    """The five stages [block(in, out), MaxPool3d(3, stride 2)] shared by ResNet3D and SqueezeExcitationCNN."""
+    return nn.Sequential(*[
+        nn.Sequential(block(*stage_channels(b, DEFAULT_INPUT_SIZE[0])), nn.MaxPool3d(3, stride=2))
+        for b in range(1, STAGES + 1)
+    ])
+
+
 def resnet3d(params: Mapping[str, Any]) -> ClinicaCNN:
     """Builds ClinicaDL's ResNet3D; `params` (maps.json) is deliberately ignored, as ClinicaDL does."""
     del params
-    convolutions = nn.Sequential(*[
-        nn.Sequential(ResBlock(*stage_channels(b, DEFAULT_INPUT_SIZE[0])), nn.MaxPool3d(3, stride=2))
-        for b in range(1, STAGES + 1)
-    ])
+    convolutions = staged_convolutions(ResBlock)
     fc = nn.Sequential(
         nn.Flatten(),
         nn.Linear(fixed_flattened_size(), 256),

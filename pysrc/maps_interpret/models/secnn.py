@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from .conv import ClinicaCNN
-from .resnet3d import DEFAULT_INPUT_SIZE, STAGES, fixed_flattened_size, stage_channels
+from .resnet3d import fixed_flattened_size, staged_convolutions
 
 SE_RATIO = 8
 
@@ -76,10 +76,7 @@ class ResBlockSE(nn.Module):
 def squeeze_excitation_cnn(params: Mapping[str, Any]) -> ClinicaCNN:
     """Builds ClinicaDL's SqueezeExcitationCNN; `params` (maps.json) is deliberately ignored."""
     del params
-    convolutions = nn.Sequential(*[
-        nn.Sequential(ResBlockSE(*stage_channels(b, DEFAULT_INPUT_SIZE[0])), nn.MaxPool3d(3, stride=2))
-        for b in range(1, STAGES + 1)
-    ])
+    convolutions = staged_convolutions(ResBlockSE)
     fc = nn.Sequential(
         nn.Flatten(),
         nn.Dropout(p=0.5),
