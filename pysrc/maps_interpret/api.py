@@ -125,10 +125,10 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
     summary.maps += data_pass.n_elements * len(engines)
 
     for job, engine, folder in engines:
-        if engine.zero_fraction() is not None:
+        zeros = engine.zero_fraction()  # one device synchronisation
+        if zeros is not None:
             log.info("%s-%d best-%s: %.4f%% of the gradient values are exactly zero under --amp (compare with a "
-                     "float32 run to see underflow)", maps.split_name, job.split, job.metric,
-                     100 * engine.zero_fraction())
+                     "float32 run to see underflow)", maps.split_name, job.split, job.metric, 100 * zeros)
         for element, mean in group_means(engine, config.compat, len(data_pass.sessions),
                                          len(data_pass.element_ids)).items():
             _write_map(mean.cpu(), folder / f"mean_{mode}-{element}_map", config.save_nifti)

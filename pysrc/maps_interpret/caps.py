@@ -1,7 +1,7 @@
 """CAPS folders: where each session's tensor lives, and the dataset that feeds the engine.
 
-Image mode follows ClinicaDL 1.6.1: the element is the whole `.pt` tensor of the session, (C, *spatial),
-preprocessed by `transforms.Preprocess`; batches run over the sessions in the order of the data group.
+Each session's image tensor is read once; `elements.py` cuts it into the elements of the MAPS' mode, each
+preprocessed by `transforms.Preprocess`; `rebatch` forms ClinicaDL's session-major batches.
 """
 
 from __future__ import annotations

@@ -36,10 +36,6 @@ class GroupPlan:
     new_definition: Optional[GroupDefinition]  # written by commit_group (new or redefined group)
     erase_results: bool  # --overwrite on an existing group: its results in every split are removed
 
-    @property
-    def changes_maps(self) -> bool:
-        return self.new_definition is not None or self.erase_results
-
 
 def group_dir(maps: Maps, name: str, split: Optional[int] = None) -> Path:
     path = maps.groups_dir / name

@@ -8,7 +8,6 @@ every split and metric, for instance), so each image is loaded and preprocessed 
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +17,6 @@ from .elements import layout_for
 from .errors import MapsInterpretError, UsageError
 from .groups import GroupPlan, definition_for_split, plan_group, resolve_caps
 from .maps import Maps, open_maps
-
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class Job:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import engine  # noqa: F401  loading the core registers torch.ops.maps_interpret.*
 from .conv import ClinicaCNN, PadMaxPool2d, PadMaxPool3d
 
 
@@ -38,9 +39,6 @@ class FrozenBatchNorm(nn.Module):
 
     def __init__(self, norm: nn.Module, dims: int):
         super().__init__()
-        from ..engine import frozen_batch_norm  # loads the core, which registers the op
-
-        del frozen_batch_norm
         self.eps = float(norm.eps)
         self.weight = norm.weight
         self.bias = norm.bias
