@@ -2,8 +2,10 @@
 (a) ClinicaDL's procedure (weights requiring grad, .backward(), .cpu(), per-sample accumulation on the CPU)
 and the C++ engine in several configurations (plain export, the fused blocks of models/fast.py,
 channels-last inputs, and on a GPU bf16 autocast), timed alternately. Used to choose the defaults.
+Each variant's mean map is compared with the plain float32 one (correlation, largest difference), and
+--profile FILE writes the device-time table of one batch per engine variant (where the time goes).
 
-    python benchmarks/engine_floor.py --device cuda --batch-size 8 --iters 10
+    python benchmarks/engine_floor.py --device cuda --batch-size 8 --iters 10 --profile profile.txt
 """
 
 from __future__ import annotations
@@ -27,7 +29,18 @@ def sync(device: str) -> None:
 
 
 def clinicadl_loop(model: torch.nn.Module, batches, device: str) -> float:
-    """ClinicaDL 1.6.1's interpret loop body, rewritten here (gradients.py + maps_manager.py)."""
+    """ClinicaDL 1.6.1's interpret loop body, rewritten here (gradients.py + maps_manager.py). On a GPU its
+    convolutions use torch's default TensorFloat-32 (the engines set IEEE float32 process-wide)."""
+    if device.startswith("cuda"):
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    try:
+        return _clinicadl_loop(model, batches, device)
+    finally:
+        if device.startswith("cuda"):
+            torch.backends.cudnn.conv.fp32_precision = "ieee"
+
+
+def _clinicadl_loop(model: torch.nn.Module, batches, device: str) -> float:
     model = model.to(device).train(False)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -65,6 +78,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--size", type=int, nargs=3, default=[169, 208, 179])
     parser.add_argument("--skip-clinicadl", action="store_true")
+    parser.add_argument("--profile", type=str, default=None, help="write per-kernel device times of one batch here")
     args = parser.parse_args()
     torch.manual_seed(0)
     size = (1, *args.size)
@@ -99,9 +113,30 @@ def main() -> None:
     n = args.iters * args.batch_size
     table = {name: {"images_per_s": n / statistics.median(times), "median_s": statistics.median(times)}
              for name, times in results.items()}
+    reference = engines["engine_plain_fp32"].means()[0].flatten().cpu()
+    for name, engine in engines.items():  # every engine saw the same batches the same number of times
+        mean = engine.means()[0].flatten().cpu()
+        table[name]["correlation_with_plain_fp32"] = torch.corrcoef(torch.stack([reference, mean]))[0, 1].item()
+        table[name]["max_difference_of_max"] = ((mean - reference).abs().max() / reference.abs().max()).item()
+    if args.profile:
+        profile(engines, batches[0], args.device, args.profile)
     device_name = torch.cuda.get_device_name(0) if pin else "cpu"
     print(json.dumps({"device": device_name, "torch": torch.__version__, "batch_size": args.batch_size,
                       "images": n, "size": size, "results": table}, indent=1))
+
+
+def profile(engines: dict[str, Engine], batch: torch.Tensor, device: str, path: str) -> None:
+    from torch.profiler import ProfilerActivity, profile as profiler
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    sort = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
+    with open(path, "w") as out:
+        for name, engine in engines.items():
+            with profiler(activities=activities) as prof:
+                engine.accumulate(batch, [0] * len(batch))
+                sync(device)
+            out.write(f"== {name}, one batch of {len(batch)}\n")
+            out.write(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=70) + "\n")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ import hashlib
 import os
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE_NAME = "clinicadl-1.6.1"
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# The CUDA case carries the `cuda` marker, so `pytest -m cuda` on a GPU machine runs exactly the CUDA tests.
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
 
 
 def fixture_root() -> Path | None:
