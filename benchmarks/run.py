@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
+PHASES = ("wall", "loop", "plan", "engines", "first_batch", "per_image", "gpu_util")  # printed per run
 SHAPE = (169, 208, 179)
 
 
@@ -108,6 +109,9 @@ def run_variant(name: str, command: list[str], sampler) -> dict:
     elif name.startswith("b"):
         match = re.search(r"\(([\d.]+) s in the loops over batches\)", result["stderr"])
         result["loop"] = float(match.group(1))
+        phases = re.search(r"phases: plan ([\d.]+) s, engines ([\d.]+) s, first batches ([\d.]+) s", result["stderr"])
+        if phases:
+            result["plan"], result["engines"], result["first_batch"] = map(float, phases.groups())
     else:
         result["per_image"] = json.loads(result["stdout"].strip().splitlines()[-1])["seconds_per_image"]
     if sampler is not None and "loop" in result:
@@ -133,7 +137,7 @@ def main() -> None:
     parser.add_argument("-np", "--n_proc", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
-    parser.add_argument("--skip", nargs="*", default=[], choices=["a_individual", "b_individual"],
+    parser.add_argument("--skip", nargs="*", default=[], choices=["a_individual", "b_individual", "c_floor"],
                         help="variants left out (a_individual writes a whole batch per map: slow on big runs)")
     args = parser.parse_args()
     data = make_data(args.out / "data", args.sessions)
@@ -147,15 +151,15 @@ def main() -> None:
                  "--overwrite", *common, *device_flag])
     variants = {
         "a_mean": lambda r: a_cmd + [str(args.out / f"a_mean_{r}"), *common] + (["--gpu"] if args.gpu else []),
-        "b_mean": lambda r: cli + [f"b_mean_{r}", *common, *device_flag],
+        "b_mean": lambda r: cli + [f"b_mean_{r}", *common, *device_flag, "-v"],
         "a_individual": lambda r: a_cmd + [str(args.out / f"a_individual_{r}"), *common, "--save_individual"]
         + (["--gpu"] if args.gpu else []),
-        "b_individual": lambda r: cli + [f"b_individual_{r}", *common, *device_flag, "--save_individual"],
+        "b_individual": lambda r: cli + [f"b_individual_{r}", *common, *device_flag, "--save_individual", "-v"],
         "c_floor": lambda r: [sys.executable, str(HERE / "floor.py"), str(data["maps"]), str(data["caps"]),
                               str(data["tsv"]), "--batch_size", str(args.batch_size)] + (["--gpu"] if args.gpu else []),
     }
     if args.amp:
-        variants["b_mean_amp"] = lambda r: cli + [f"b_mean_amp_{r}", *common, *device_flag, "--amp"]
+        variants["b_mean_amp"] = lambda r: cli + [f"b_mean_amp_{r}", *common, *device_flag, "--amp", "-v"]
     for name in args.skip:
         del variants[name]
     sampler = GpuSampler() if args.gpu else None
@@ -165,7 +169,8 @@ def main() -> None:
     for repeat in range(args.repeats):
         for name, command in variants.items():
             results[name].append(run_variant(name, command(repeat), sampler))
-            print(f"repeat {repeat} {name}: {results[name][-1]['wall']:.1f} s", file=sys.stderr, flush=True)
+            print(f"repeat {repeat} {name}: " + ", ".join(f"{key} {value:.2f}" for key, value in results[name][-1].items()
+                                                          if key in PHASES), file=sys.stderr, flush=True)
         checks[f"b_mean vs a_mean, repeat {repeat}"] = max_relative_difference(
             results_dir / f"interpret-b_mean_{repeat}", args.out / f"a_mean_{repeat}")
         if "a_individual" in variants and "b_individual" in variants:
@@ -199,10 +204,19 @@ def report(args, results: dict, checks: dict) -> None:
         ratio = f"{median[ratio_to[name]]['wall'] / m['wall']:.2f}x" if ratio_to.get(name) in median else ""
         rss = f"{m['rss_mib']:.0f}" if m.get("rss_mib") else ""
         lines.append(f"| {name} | {n / m['wall']:.3f} | {m['wall']:.1f} | {m['loop']:.1f} | {rss} | {ratio} |")
-    floor = median["c_floor"]["per_image"]
-    lines.append(f"| c_floor (engine on preloaded tensors) | {1 / floor:.3f} | | | | |")
     per_image_b = median["b_mean"]["loop"] / n
-    lines += ["", f"b per-image part (loop / images): {per_image_b:.3f} s; c: {floor:.3f} s; b/c = {per_image_b / floor:.2f}"]
+    lines += ["", f"loops over batches, images/s: " + ", ".join(
+        f"{name} {n / m['loop']:.1f}" for name, m in median.items() if "loop" in m)]
+    if "c_floor" in median:
+        floor = median["c_floor"]["per_image"]
+        lines.insert(-2, f"| c_floor (engine on preloaded tensors) | {1 / floor:.3f} | | | | |")
+        lines.append(f"b per-image part (loop / images): {per_image_b:.3f} s; c: {floor:.3f} s; "
+                     f"b/c = {per_image_b / floor:.2f}")
+    if "b_mean" in median and "plan" in median["b_mean"]:
+        m = median["b_mean"]
+        lines.append(f"b_mean phases: plan {m['plan']:.2f} s, engines {m['engines']:.2f} s, first batch "
+                     f"{m['first_batch']:.2f} s, loop {m['loop']:.2f} s, outside run() (imports, exit) "
+                     f"{m['wall'] - m['plan'] - m['engines'] - m['loop']:.2f} s (upper bound: includes final writes)")
     if args.gpu:
         lines.append("GPU busy after warm-up (mean of nvidia-smi samples every 100 ms): " + ", ".join(
             f"{name} {m['gpu_util']:.0f}%" for name, m in median.items() if "gpu_util" in m))

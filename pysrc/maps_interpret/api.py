@@ -34,6 +34,9 @@ class RunSummary:
     maps: int = 0  # element maps computed (elements x models)
     seconds: float = 0.0  # the whole run
     loop_seconds: float = 0.0  # the loops over batches (data, compute, individual writes), start-up excluded
+    plan_seconds: float = 0.0  # checks of the MAPS, the data group and the models, before any pass
+    engine_seconds: float = 0.0  # loading, rewriting and exporting models, creating engines
+    first_batch_seconds: float = 0.0  # first batch of each pass: data start-up, cuDNN autotuning, JIT profiling
 
     @property
     def maps_per_second(self) -> float:
@@ -43,7 +46,7 @@ class RunSummary:
 def run(config: InterpretConfig) -> RunSummary:
     start = time.perf_counter()
     plan = make_plan(config)
-    summary = RunSummary()
+    summary = RunSummary(plan_seconds=time.perf_counter() - start)
     log.info("%s: %s of data group %s (%s mode), %d model(s), %d pass(es) over the data, on %s", plan.maps.path,
              config.method, config.data_group, plan.maps.mode, len(plan.jobs), len(plan.passes), plan.device)
     with writers.Staging(plan.maps.path) as staging:
@@ -66,6 +69,9 @@ def run(config: InterpretConfig) -> RunSummary:
     summary.seconds = time.perf_counter() - start
     log.info("done: %d map(s) of %d session(s) in %.1f s (%.1f s in the loops over batches)", summary.maps,
              summary.sessions, summary.seconds, summary.loop_seconds)
+    log.debug("phases: plan %.2f s, engines %.2f s, first batches %.2f s, loops %.2f s, rest %.2f s",
+              summary.plan_seconds, summary.engine_seconds, summary.first_batch_seconds, summary.loop_seconds,
+              summary.seconds - summary.plan_seconds - summary.engine_seconds - summary.loop_seconds)
     return summary
 
 
@@ -89,6 +95,7 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
         torch.backends.cudnn.benchmark = not config.deterministic
         torch.backends.cudnn.deterministic = config.deterministic
     engines = []
+    start = time.perf_counter()
     for job in data_pass.jobs:
         log.info("%s-%d best-%s: %d session(s) x %d %s(s)", maps.split_name, job.split, job.metric,
                  len(data_pass.sessions), len(data_pass.element_ids), mode)
@@ -99,6 +106,7 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
         except EngineError as error:
             raise MapsInterpretError(f"{job.model_path}: {error}") from None
         engines.append((job, engine, staging.new_dir()))
+    summary.engine_seconds += time.perf_counter() - start
 
     dataset = SessionDataset(data_pass.sessions, data_pass.layout, Preprocess.from_params(maps.params),
                              maps.input_size, data_pass.element_ids)
@@ -106,6 +114,7 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
     progress = tqdm(total=data_pass.n_elements, unit=mode, desc=f"{config.data_group}/{config.name}", disable=None,
                     leave=False, dynamic_ncols=True)
     start = time.perf_counter()
+    first = True
     with progress, writers.BackgroundWriter() as background:
         for batch in rebatch(loader, config.batch_size, pin=plan.device != "cpu"):
             for job, engine, folder in engines:
@@ -120,6 +129,9 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
                         stem = f"{session.participant_id}_{session.session_id}_{mode}-{element}_map"
                         background.submit(_write_map, map_, folder / stem, config.save_nifti)
             progress.update(len(batch.element_ids))
+            if first:  # the first accumulate blocks while cuDNN autotunes; later ones queue device work
+                summary.first_batch_seconds += time.perf_counter() - start
+                first = False
     summary.loop_seconds += time.perf_counter() - start
     summary.sessions += len(data_pass.sessions)
     summary.maps += data_pass.n_elements * len(engines)
