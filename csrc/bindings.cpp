@@ -52,6 +52,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "maps_interpret C++ core: attribution maps and per-element statistics on LibTorch";
   m.def("built_against", [] { return std::string(MI_TORCH_VERSION); },
         "Version of torch this extension was compiled against.");
+  m.def("format_check", [](int64_t n) { return c10::str("n=", n, " x=", 0.5); },
+        "A number formatted by this module's C++ streams, as every error message is (the loader's self-check).");
 
   py::class_<mi::EngineOptions>(m, "EngineOptions")
       .def(py::init<>())

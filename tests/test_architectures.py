@@ -142,3 +142,30 @@ def test_random_architecture_rejects_unknown_options():
         random_arch.random_architecture({**base, "convolutions_dict": bad_block})
     with pytest.raises(KeyError):
         random_arch.random_architecture({k: v for k, v in base.items() if k != "n_fcblocks"})
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if "ignores_params" not in c["name"]], ids=lambda c: c["name"])
+def test_last_linear_gives_the_number_of_outputs(config):
+    """models.output_count reads the outputs off the last Linear layer instead of a forward pass (which costs
+    ~1 s of imports on the meta device): that layer is the output layer of every architecture rebuilt here."""
+    from maps_interpret.models.conv import conv5_fc3
+
+    for model, input_size in [(build(config), config["params"]["input_size"]),
+                              (conv5_fc3((1, 40, 48, 40), output_size=3, dropout=0.5), (1, 40, 48, 40))]:
+        with torch.device("meta"):
+            outputs = model.to("meta").eval()(torch.empty(1, *input_size)).shape[1]
+        assert [m for m in model.modules() if isinstance(m, nn.Linear)][-1].out_features == outputs
+
+
+def test_output_count_of_a_network_without_linear_layer(monkeypatch):
+    """Without a Linear layer, output_count falls back to a forward pass on the meta device."""
+    from types import SimpleNamespace
+
+    import maps_interpret.models as models
+
+    def head_by_pooling(maps):
+        return nn.Sequential(nn.Conv3d(1, 4, 3), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+
+    monkeypatch.setattr(models, "build_model", head_by_pooling)
+    maps = SimpleNamespace(architecture="Conv5_FC3", input_size=[1, 9, 10, 11])
+    assert models.output_count(maps) == 4

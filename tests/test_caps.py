@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maps_interpret.caps import SessionDataset, Session, check_caps, image_tensor_path, rebatch
+from maps_interpret.caps import SessionDataset, Session, check_caps, image_tensor_path, prefetch, rebatch
 from maps_interpret.elements import ImageLayout
 from maps_interpret.errors import MapsInterpretError
 from maps_interpret.transforms import Preprocess, min_max, nan_removal, size_reduction
@@ -96,3 +96,58 @@ def test_dataset_reports_bad_elements_as_one_line(tmp_path):
     assert [b.images.shape[0] for b in batches] == [2, 1] and batches[1].session_index == [0]
     with pytest.raises(MapsInterpretError, match="constant image"):
         list(rebatch([dataset[0], dataset[1]], batch_size=1))
+
+
+def test_prefetch_keeps_order_raises_in_order_and_stops_when_closed():
+    import threading
+    import time
+
+    assert list(prefetch(iter(range(7)), depth=2)) == list(range(7))
+    assert list(prefetch(iter(range(3)), depth=0)) == [0, 1, 2]
+
+    def failing():
+        yield 1
+        yield 2
+        raise MapsInterpretError("session 3 is unreadable")
+
+    seen = []
+    with pytest.raises(MapsInterpretError, match="session 3 is unreadable"):
+        for item in prefetch(failing(), depth=4):
+            seen.append(item)
+    assert seen == [1, 2]  # the items before the error, then the error itself
+
+    produced = []
+
+    def endless():
+        for i in range(10_000):
+            produced.append(i)
+            yield i
+
+    stream = prefetch(endless(), depth=2)
+    assert next(stream) == 0
+    stream.close()  # the consumer stops early (an engine error, Ctrl-C): the producer must stop too
+    time.sleep(0.3)
+    assert len(produced) <= 5
+    assert not any(t.name == "maps-interpret-prefetch" and t.is_alive() for t in threading.enumerate())
+
+
+def test_worker_outputs_equal_main_process_outputs(tmp_path):
+    """In loader workers the dataset writes into shared memory directly; the values are the same as in the
+    main process (and as ClinicaDL's plain min-max expression)."""
+    from torch.utils.data import DataLoader
+
+    images = [torch.randn(1, 6, 7, 5) * 50 + 3 for _ in range(3)]
+    images[1][0, 1, 2, 3] = float("nan")
+    sessions = []
+    for i, image in enumerate(images):
+        path = tmp_path / f"sub-{i}.pt"
+        torch.save(image, path)
+        sessions.append(Session(f"sub-{i}", "ses-M000", path))
+    dataset = SessionDataset(sessions, ImageLayout(), Preprocess(), (1, 6, 7, 5), [0])
+    here = [dataset[i].elements for i in range(3)]
+    there = [item.elements for item in DataLoader(dataset, batch_size=None, num_workers=2)]
+    for image, a, b in zip(images, here, there):
+        clean = torch.nan_to_num(image) if torch.isnan(image).any() else image
+        assert torch.equal(a[0], (clean - clean.min()) / (clean.max() - clean.min()))
+        assert torch.equal(a, b)
+    assert there[0].is_shared()

@@ -192,3 +192,22 @@ def test_amp_maps_are_float32_and_close(device, dtype):
     assert mixed.dtype == torch.float32 and 0 <= engine.zero_fraction() < 0.5
     correlation = torch.corrcoef(torch.stack([exact.flatten(), mixed.flatten()]))[0, 1].item()
     assert correlation > 0.9, correlation
+
+
+def test_loader_refuses_a_core_built_for_another_torch_or_with_broken_streams():
+    """The import-time checks of engine.py: the real core passes; a core compiled against another torch, or
+    one whose C++ streams cannot format numbers (a static libstdc++ copy: seen on a GPU image), is refused
+    with the rebuild command."""
+    from types import SimpleNamespace
+
+    from maps_interpret import _core
+    from maps_interpret.engine import _check_build
+
+    assert _core.format_check(12345) == "n=12345 x=0.5"
+    _check_build(_core)
+    good = dict(built_against=lambda: torch.__version__, format_check=lambda n: f"n={n} x=0.5")
+    _check_build(SimpleNamespace(**good))
+    with pytest.raises(ImportError, match=r"compiled against torch 1\.0\.0 .*rebuild it: pip install"):
+        _check_build(SimpleNamespace(**{**good, "built_against": lambda: "1.0.0"}))
+    with pytest.raises(ImportError, match=r"got 'n=' for 12345.*static copy of libstdc\+\+.*-static-libstdc\+\+"):
+        _check_build(SimpleNamespace(**{**good, "format_check": lambda n: "n="}))

@@ -5,6 +5,7 @@ from typing import Optional
 import torch
 
 def built_against() -> str: ...
+def format_check(n: int) -> str: ...
 
 class EngineOptions:
     device: str

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import writers
-from .caps import SessionDataset, rebatch
+from .caps import SessionDataset, prefetch, rebatch
 from .config import InterpretConfig
 from .errors import MapsInterpretError
 from .groups import commit_group
@@ -116,7 +116,8 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
     start = time.perf_counter()
     first = True
     with progress, writers.BackgroundWriter() as background:
-        for batch in rebatch(loader, config.batch_size, pin=plan.device != "cpu"):
+        gpu = plan.device != "cpu"
+        for batch in prefetch(rebatch(loader, config.batch_size, pin=gpu), depth=2 if gpu else 0):
             for job, engine, folder in engines:
                 try:
                     maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=config.save_individual)

@@ -1,20 +1,25 @@
 """CAPS folders: where each session's tensor lives, and the dataset that feeds the engine.
 
 Each session's image tensor is read once; `elements.py` cuts it into the elements of the MAPS' mode, each
-preprocessed by `transforms.Preprocess`; `rebatch` forms ClinicaDL's session-major batches.
+preprocessed by `transforms.Preprocess`; `rebatch` forms ClinicaDL's session-major batches, `prefetch`
+forms them ahead in a thread (GPU runs).
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from queue import Full, Queue
+from typing import Iterable, Iterator, Optional, Sequence, TypeVar
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from .errors import MapsInterpretError, first_line
 from .transforms import Preprocess
+
+T = TypeVar("T")
 
 # CAPS sub-folder of each preprocessing under deeplearning_prepare_data/<mode>_based/.
 PREPROCESSING_FOLDERS = {"t1-linear": "t1_linear", "flair-linear": "flair_linear", "pet-linear": "pet_linear",
@@ -111,7 +116,7 @@ def check_element(x: torch.Tensor, input_size: tuple, path: Path) -> None:
     if tuple(x.shape) != input_size:
         raise MapsInterpretError(f"{path}: after preprocessing the element has shape {tuple(x.shape)} but the "
                                  f"model was trained on {input_size} (maps.json input_size)")
-    if not torch.isfinite(x).all():
+    if not torch.isfinite(torch.stack(torch.aminmax(x))).all():  # min/max propagate NaN; inf shows at an end
         raise MapsInterpretError(f"{path}: the preprocessed element holds NaN or infinite values (a constant "
                                  "image cannot be min-max normalised); exclude this session from the TSV")
 
@@ -144,27 +149,38 @@ class SessionDataset(Dataset):
     def __getitem__(self, index: int) -> SessionItem:
         session = self.sessions[index]
         try:
-            elements = []
-            if self.layout.prepare_dl:
-                for element in self.element_ids:
-                    path = self.layout.element_file(session.tensor_path, element)
-                    if not path.is_file():
-                        raise MapsInterpretError(f"{path} does not exist (maps.json says prepare_dl: true): extract "
-                                                 f"the {self.layout.mode} tensors with `clinicadl prepare-data`")
-                    elements.append((self.preprocess(load_tensor(path)), path))
-            else:
-                image = load_tensor(session.tensor_path)
-                ids = self.layout.element_ids(tuple(image.shape))
-                if ids != self.element_ids:
-                    raise MapsInterpretError(f"{session.tensor_path}: image of shape {tuple(image.shape)} gives "
-                                             f"{len(ids)} {self.layout.mode}(s), the first image of the group "
-                                             f"{len(self.element_ids)}; all images must have the same size")
-                elements = [(self.preprocess(self.layout.extract(image, e)), session.tensor_path) for e in ids]
-            for element, path in elements:
-                check_element(element, self.input_size, path)
-            return SessionItem(torch.stack([e for e, _ in elements]), list(self.element_ids), index)
+            # In a loader worker the result goes to the main process through shared memory: allocating it
+            # there from the start saves the copy torch would make when sending it (one per image).
+            out = torch.empty((len(self.element_ids), *self.input_size))
+            if get_worker_info() is not None:
+                out.share_memory_()
+            for target, (element, path) in zip(out, self._raw_elements(session)):
+                value = self.preprocess(element, out=target)
+                check_element(value, self.input_size, path)
+                if value is not target:
+                    target.copy_(value)
+            return SessionItem(out, list(self.element_ids), index)
         except MapsInterpretError as error:
             return SessionItem(None, [], index, str(error))
+
+    def _raw_elements(self, session: Session) -> Iterator[tuple[torch.Tensor, Path]]:
+        """Each element of the session before preprocessing, with the file it comes from."""
+        if self.layout.prepare_dl:
+            for element in self.element_ids:
+                path = self.layout.element_file(session.tensor_path, element)
+                if not path.is_file():
+                    raise MapsInterpretError(f"{path} does not exist (maps.json says prepare_dl: true): extract "
+                                             f"the {self.layout.mode} tensors with `clinicadl prepare-data`")
+                yield load_tensor(path), path
+            return
+        image = load_tensor(session.tensor_path)
+        ids = self.layout.element_ids(tuple(image.shape))
+        if ids != self.element_ids:
+            raise MapsInterpretError(f"{session.tensor_path}: image of shape {tuple(image.shape)} gives "
+                                     f"{len(ids)} {self.layout.mode}(s), the first image of the group "
+                                     f"{len(self.element_ids)}; all images must have the same size")
+        for element in ids:
+            yield self.layout.extract(image, element), session.tensor_path
 
 
 @dataclass
@@ -195,3 +211,47 @@ def rebatch(items: Iterable[SessionItem], batch_size: int, pin: bool = False) ->
     if pending:
         yield emit(pending)
 
+
+def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+    """`items`, produced up to `depth` ahead by a background thread; depth 0 is `items` itself. On a GPU the
+    main thread only queues device work, so receiving the workers' tensors and copying them into pinned
+    batches (GIL released) overlaps the device's compute instead of delaying it. Errors of the producer are
+    raised here, in order; closing this generator early stops the producer after its current item."""
+    if depth <= 0:
+        yield from items
+        return
+    queue: Queue = Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                queue.put(entry, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            put((None, error))
+
+    thread = threading.Thread(target=produce, name="maps-interpret-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = queue.get()
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=30)

@@ -93,5 +93,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The console command: main(), then an immediate exit. Everything is written and closed when main()
+    returns (writer joined, loader workers stopped, staging published); interpreter teardown (torch's
+    modules, ~0.3-0.7 s) would only add to every run of a batch job."""
+    code = main()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -21,11 +21,17 @@ except ImportError as error:  # not built, or built for another Python
     raise ImportError(f"maps_interpret's C++ core cannot be loaded ({error}); rebuild it: {REBUILD}") from None
 
 
-def _check_build() -> None:
-    built = _core.built_against()
+def _check_build(core=_core) -> None:
+    built = core.built_against()
     if built.split("+")[0] != torch.__version__.split("+")[0]:
         raise ImportError(f"maps_interpret's C++ core was compiled against torch {built} but torch "
                           f"{torch.__version__} is installed; rebuild it: {REBUILD}")
+    # A core linked with its own static libstdc++ formats numbers wrongly (or crashes) in every error message.
+    formatted = core.format_check(12345)
+    if formatted != "n=12345 x=0.5":
+        raise ImportError(f"maps_interpret's C++ core cannot format numbers (got {formatted!r} for 12345): it was "
+                          "linked against a second, static copy of libstdc++; remove -static-libstdc++ from "
+                          f"LDFLAGS/CXXFLAGS and rebuild it: {REBUILD}")
 
 
 _check_build()

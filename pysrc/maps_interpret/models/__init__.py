@@ -112,13 +112,18 @@ def check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
 
 
 def output_count(maps: Maps) -> Optional[int]:
-    """Output nodes of the rebuilt network (a forward pass on the meta device: no memory, no compute);
-    None for TorchScript models, which the engine checks when it runs."""
+    """Output nodes of the rebuilt network; None for TorchScript models, which the engine checks when it runs.
+    Every architecture rebuilt here ends with a Linear layer, the last one registered; a network without one
+    is measured by a forward pass on the meta device (no memory, but ~1 s of imports: sympy, torch._dynamo)."""
     if uses_torchscript(maps):
         return None
     with torch.device("meta"):
-        output = build_model(maps).eval()(torch.empty(1, *maps.input_size))
-    return int(output.shape[1])
+        model = build_model(maps).eval()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if linears:
+        return int(linears[-1].out_features)
+    with torch.device("meta"):
+        return int(model(torch.empty(1, *maps.input_size)).shape[1])
 
 
 def check_weights(maps: Maps, path: Path, cam: bool = False) -> None:
@@ -149,8 +154,14 @@ def load_model(maps: Maps, path: Path) -> nn.Module:
             return load_torchscript(path)
         except Exception as error:
             raise MapsInterpretError(f"cannot load TorchScript model {path}: {first_line(error)[:200]}") from None
-    model = build_model(maps)
-    state = read_state_dict(path)
+    # Built without initialising weights (meta), then given the checkpoint's tensors, memory-mapped: no random
+    # initialisation of ~40M weights, no copy of the file (the engine copies the weights it keeps).
+    with torch.device("meta"):
+        model = build_model(maps)
+    state = read_state_dict(path, mmap=True)
     check_state_dict(model, state, path)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    model.load_state_dict(state, strict=True, assign=True)
+    left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:  # a buffer the checkpoint does not hold (non-persistent): a builder bug, not a user error
+        raise RuntimeError(f"{maps.architecture}: {', '.join(left)} not set from {path}")
+    return model.float().eval()  # float32 as the network was built, whatever the checkpoint stored
