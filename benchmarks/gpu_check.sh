@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One prepared run on a lent GPU machine (see BENCHMARKS.md), about 7 minutes on an H100: build against that
+# One prepared run on a lent GPU machine (see BENCHMARKS.md), about 8 minutes on an H100: build against that
 # machine's torch; the engine tests and every CUDA test (the ClinicaDL fixture on CUDA included); the
 # engine's compute floor in each configuration with a per-kernel profile; then the side-by-side benchmark.
 # Prints the card's name with every figure; results go to $OUT. Missing pure-Python wheels travel in .whl/
 # (nibabel, argparse-dataclass). Every step has its own time limit, so one slow step cannot eat the others.
-#   STEPS="build tests floor bench" BENCH_SESSIONS=192 BENCH_REPEATS=3 bash benchmarks/gpu_check.sh
-# STEPS may also name `probe`: a native backtrace (cuda-gdb) of the core turning a C++ error into a value.
+#   STEPS="build tests floor bench data" BENCH_SESSIONS=128 BENCH_REPEATS=3 bash benchmarks/gpu_check.sh
+# STEPS may also name `probe`: a native backtrace (cuda-gdb) of the core turning a C++ error into a value;
+# `data` times the data path alone (loader workers + pinned batches) on the benchmark's data, -np 8 and 16.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -15,7 +16,7 @@ echo "card: $card" | tee "$OUT/card.txt"
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/card.txt"
 nproc | sed 's/^/cpu cores: /' | tee -a "$OUT/card.txt"
 if ls .whl/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index --no-deps .whl/*.whl; fi
-STEPS=" ${STEPS:-build tests floor bench} "
+STEPS=" ${STEPS:-build tests floor bench data} "
 step() { [[ "$STEPS" == *" $1 "* ]]; }
 start=$(date +%s)
 if step build; then
@@ -56,10 +57,18 @@ timeout 150 python3 benchmarks/engine_floor.py --device cuda --batch-size "${BEN
 grep -vE "^\s*(\[|\]|[0-9]+,?)$" "$OUT/floor.json" | tr -d '\n' | sed 's/  */ /g'; echo
 fi
 
-step bench || exit 0
+if step bench; then
 echo "== benchmark, $card"
-timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/run.py --gpu --amp --sessions "${BENCH_SESSIONS:-192}" \
+timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/run.py --gpu --amp --sessions "${BENCH_SESSIONS:-128}" \
   --batch_size "${BENCH_BATCH:-8}" -np 8 --repeats "${BENCH_REPEATS:-3}" --skip ${BENCH_SKIP:-a_individual} \
   --out /tmp/bench > "$OUT/bench.log" 2>&1
 cp /tmp/bench/results.md /tmp/bench/results.json "$OUT/" 2>/dev/null
 tail -25 "$OUT/bench.log"
+fi
+
+step data || exit 0
+echo "== data path alone (no engine), batch ${BENCH_BATCH:-8}, pinned, $card"
+for np in 8 16; do
+  timeout 120 python3 benchmarks/data_path.py /tmp/bench/data/maps /tmp/bench/data/caps /tmp/bench/data/sessions.tsv \
+    --batch_size "${BENCH_BATCH:-8}" -np $np --pin --repeats 2 2>&1 | tail -1
+done

@@ -1,8 +1,7 @@
 // pybind11 glue only: no maths here.
 //
 // Errors cross into Python as values: each call catches C++ exceptions itself and returns a Python exception
-// object, which the wrapper (maps_interpret/engine.py) raises. A c10::Error propagating through pybind11
-// crashed the interpreter on one GPU image (never reproduced elsewhere); returning it cannot.
+// object (its message only), which the wrapper (maps_interpret/engine.py) raises as a one-line error.
 #include <torch/csrc/jit/python/pybind.h>
 #include <torch/csrc/utils/pybind.h>
 #include <pybind11/stl.h>
