@@ -8,38 +8,25 @@ Prints a JSON line: images/s per repeat and their median.
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
-import os
 import statistics
 import time
-from pathlib import Path
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the maps-interpret command does, before torch loads
+import inputs  # before torch: huge pages, as the command sets them
+from torch.utils.data import DataLoader
 
-from torch.utils.data import DataLoader  # noqa: E402
-
-from maps_interpret.caps import SessionDataset, find_sessions, rebatch  # noqa: E402
-from maps_interpret.elements import ImageLayout  # noqa: E402
-from maps_interpret.maps import open_maps  # noqa: E402
-from maps_interpret.transforms import Preprocess  # noqa: E402
+from maps_interpret.caps import SessionDataset, rebatch
+from maps_interpret.elements import ImageLayout
+from maps_interpret.transforms import Preprocess
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("maps", type=Path)
-    parser.add_argument("caps", type=Path)
-    parser.add_argument("tsv", type=Path)
-    parser.add_argument("--batch_size", type=int, default=8)
+    parser = inputs.parser("the data path alone: loader workers and batching, no engine", batch_size=8)
     parser.add_argument("-np", "--n_proc", type=int, default=2)
     parser.add_argument("--pin", action="store_true", help="batches in pinned memory (needs CUDA)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    with args.tsv.open() as handle:
-        rows = [{**r, "cohort": "single"} for r in csv.DictReader(handle, delimiter="\t")]
-    maps = open_maps(args.maps)
-    sessions = find_sessions({"single": args.caps}, rows, maps.params["preprocessing_dict"])
+    maps, sessions = inputs.maps_and_sessions(args)
     dataset = SessionDataset(sessions, ImageLayout(), Preprocess.from_params(maps.params), maps.input_size, [0])
     rates = []
     for _ in range(args.repeats):

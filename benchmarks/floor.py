@@ -1,37 +1,27 @@
 """Variant (c) of the benchmark: the engine alone on preloaded, preprocessed tensors (no file I/O), built
 the way maps-interpret builds it. Prints a JSON line: seconds per image of the loop over batches.
 
-    python benchmarks/floor.py MAPS CAPS TSV [--batch_size 2] [--gpu] [--amp] [--repeats 1]
+    python benchmarks/floor.py MAPS CAPS TSV [--batch_size 2] [--gpu] [--amp] [--channels_last]
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
 import json
-import os
 import time
-from pathlib import Path
 
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the maps-interpret command does, before torch loads
+import inputs  # before torch: huge pages, as the command sets them
+import torch
 
-import torch  # noqa: E402
-
-from maps_interpret.caps import find_sessions, load_tensor  # noqa: E402
-from maps_interpret.engine import Engine  # noqa: E402
-from maps_interpret.maps import open_maps  # noqa: E402
-from maps_interpret.models import load_model  # noqa: E402
-from maps_interpret.models.export import to_torchscript  # noqa: E402
-from maps_interpret.models.fast import fuse_blocks  # noqa: E402
-from maps_interpret.transforms import Preprocess  # noqa: E402
+from maps_interpret.caps import load_tensor
+from maps_interpret.engine import Engine
+from maps_interpret.models import load_model
+from maps_interpret.models.export import to_torchscript
+from maps_interpret.models.fast import fuse_blocks
+from maps_interpret.transforms import Preprocess
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("maps", type=Path)
-    parser.add_argument("caps", type=Path)
-    parser.add_argument("tsv", type=Path)
-    parser.add_argument("--batch_size", type=int, default=2)
+    parser = inputs.parser("the engine alone on preloaded tensors", batch_size=2)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--channels_last", action="store_true", help="channels-last inputs (other rounding)")
@@ -39,11 +29,7 @@ def main() -> None:
     device = "cuda" if args.gpu else "cpu"
     if args.gpu:
         torch.backends.cudnn.benchmark = True
-    maps = open_maps(args.maps)
-    with args.tsv.open() as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t"))
-    sessions = find_sessions({"single": args.caps}, [{**r, "cohort": "single"} for r in rows],
-                             maps.params["preprocessing_dict"])
+    maps, sessions = inputs.maps_and_sessions(args)
     preprocess = Preprocess.from_params(maps.params)
     images = torch.stack([preprocess(load_tensor(s.tensor_path)) for s in sessions])
     batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
