@@ -15,7 +15,7 @@ import time
 import inputs  # before torch: huge pages, as the command sets them
 from torch.utils.data import DataLoader
 
-from maps_interpret.caps import SessionDataset, rebatch
+from maps_interpret.caps import SessionDataset, prefetch, rebatch
 from maps_interpret.elements import ImageLayout
 from maps_interpret.transforms import Preprocess
 
@@ -26,13 +26,16 @@ def main() -> None:
     parser.add_argument("--pin", action="store_true", help="batches in pinned memory (needs CUDA)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
     maps, sessions = inputs.maps_and_sessions(args)
     dataset = SessionDataset(sessions, ImageLayout(), Preprocess.from_params(maps.params), maps.input_size, [0])
     rates = []
     for _ in range(args.repeats):
         loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=args.n_proc)
         start = time.perf_counter()
-        n = sum(len(batch.element_ids) for batch in rebatch(loader, args.batch_size, pin=args.pin))
+        batches = rebatch(iter(loader), args.batch_size, pin=args.pin)
+        n = sum(len(batch.element_ids) for batch in prefetch(batches, depth=2 if args.pin else 0))  # as api.py
         rates.append(n / (time.perf_counter() - start))
     print(json.dumps({"images_per_s": rates, "median": statistics.median(rates), "images": n,
                       "n_proc": args.n_proc, "batch_size": args.batch_size, "pin": args.pin}))

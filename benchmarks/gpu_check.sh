@@ -3,7 +3,8 @@
 # machine's torch; the engine tests and every CUDA test (the ClinicaDL fixture on CUDA included); the
 # engine's compute floor in each configuration with a per-kernel profile; then the side-by-side benchmark.
 # Prints the card's name with every figure; results go to $OUT. Missing pure-Python wheels travel in .whl/
-# (nibabel, argparse-dataclass). Every step has its own time limit, so one slow step cannot eat the others.
+# (nibabel, argparse-dataclass). Every step has its own time limit; together they exceed the device's 10-minute
+# cap on one command, so name in STEPS what fits (build + tests + floor + bench with 128 sessions: ~8 min).
 #   STEPS="build tests floor bench data" BENCH_SESSIONS=128 BENCH_REPEATS=3 bash benchmarks/gpu_check.sh
 # STEPS may also name `probe`: a native backtrace (cuda-gdb) of the core turning a C++ error into a value;
 # `data` times the data path alone (loader workers + pinned batches) on the benchmark's data, -np 8 and 16.
@@ -35,9 +36,11 @@ core = _core.Engine.create(to_torchscript(conv5_fc3((1, 8, 8, 8), output_size=2,
 print("returned:", repr(core.accumulate(torch.randn(2, 1, 8, 8, 8), [0], False)), flush=True)
 PY
   timeout 20 python3 /tmp/probe.py 2>&1 | tail -3
-  command -v cuda-gdb >/dev/null && timeout 45 cuda-gdb -q -batch -ex run -ex bt -ex "info sharedlibrary" \
-    --args python3 /tmp/probe.py > "$OUT/probe.log" 2>&1
-  grep -E "^#|signal|returned" "$OUT/probe.log" | head -30
+  if command -v cuda-gdb >/dev/null; then
+    timeout 45 cuda-gdb -q -batch -ex run -ex bt -ex "info sharedlibrary" --args python3 /tmp/probe.py \
+      > "$OUT/probe.log" 2>&1
+    grep -E "^#|signal|returned" "$OUT/probe.log" | head -30
+  fi
 fi
 
 export MAPS_INTERPRET_FIXTURES=${MAPS_INTERPRET_FIXTURES:-shared/fixtures/clinicadl-1.6.1}
@@ -60,13 +63,14 @@ fi
 if step bench; then
 echo "== benchmark, $card"
 timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/run.py --gpu --amp --sessions "${BENCH_SESSIONS:-128}" \
-  --batch_size "${BENCH_BATCH:-8}" -np 8 --repeats "${BENCH_REPEATS:-3}" --skip ${BENCH_SKIP:-a_individual} \
+  --batch_size "${BENCH_BATCH:-8}" -np 8 --repeats "${BENCH_REPEATS:-3}" --skip ${BENCH_SKIP-a_individual} \
   --out /tmp/bench > "$OUT/bench.log" 2>&1
 cp /tmp/bench/results.md /tmp/bench/results.json "$OUT/" 2>/dev/null
 tail -25 "$OUT/bench.log"
 fi
 
 step data || exit 0
+[ -d /tmp/bench/data ] || { echo "data: no /tmp/bench/data (the bench step makes it)"; exit 0; }
 echo "== data path alone (no engine), batch ${BENCH_BATCH:-8}, pinned, $card"
 for np in 8 16; do
   timeout 120 python3 benchmarks/data_path.py /tmp/bench/data/maps /tmp/bench/data/caps /tmp/bench/data/sessions.tsv \

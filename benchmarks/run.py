@@ -161,7 +161,7 @@ def main() -> None:
     if args.amp:
         variants["b_mean_amp"] = lambda r: cli + [f"b_mean_amp_{r}", *common, *device_flag, "--amp", "-v"]
     for name in args.skip:
-        del variants[name]
+        variants.pop(name, None)
     sampler = GpuSampler() if args.gpu else None
     results: dict[str, list[dict]] = {name: [] for name in variants}
     checks = {}
@@ -169,7 +169,7 @@ def main() -> None:
     for repeat in range(args.repeats):
         for name, command in variants.items():
             results[name].append(run_variant(name, command(repeat), sampler))
-            print(f"repeat {repeat} {name}: " + ", ".join(f"{key} {value:.2f}" for key, value in results[name][-1].items()
+            print(f"repeat {repeat} {name}: " + ", ".join(f"{key} {value:.4g}" for key, value in results[name][-1].items()
                                                           if key in PHASES), file=sys.stderr, flush=True)
         checks[f"b_mean vs a_mean, repeat {repeat}"] = max_relative_difference(
             results_dir / f"interpret-b_mean_{repeat}", args.out / f"a_mean_{repeat}")
@@ -190,9 +190,9 @@ def main() -> None:
 
 def report(args, results: dict, checks: dict) -> None:
     n = args.sessions
-    median = {name: {key: statistics.median(r[key] for r in runs) for key in runs[0]
-                     if isinstance(runs[0][key], (int, float)) and runs[0][key] is not None}
-              for name, runs in results.items()}
+    median = {name: {key: statistics.median(values) for key in PHASES + ("rss_mib",)
+                     if (values := [r[key] for r in runs if isinstance(r.get(key), (int, float)) and r[key] == r[key]])}
+              for name, runs in results.items()}  # r[key] == r[key]: NaN (no GPU samples) left out
     device = torch.cuda.get_device_name(0) if args.gpu else f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()})"
     lines = [f"device: {device}; torch {torch.__version__}; {n} sessions of 1x{'x'.join(map(str, SHAPE))}, "
              f"Conv5_FC3, batch {args.batch_size}, -np {args.n_proc}, medians of {args.repeats} alternating runs",

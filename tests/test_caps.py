@@ -143,11 +143,49 @@ def test_worker_outputs_equal_main_process_outputs(tmp_path):
         path = tmp_path / f"sub-{i}.pt"
         torch.save(image, path)
         sessions.append(Session(f"sub-{i}", "ses-M000", path))
-    dataset = SessionDataset(sessions, ImageLayout(), Preprocess(), (1, 6, 7, 5), [0])
-    here = [dataset[i].elements for i in range(3)]
-    there = [item.elements for item in DataLoader(dataset, batch_size=None, num_workers=2)]
-    for image, a, b in zip(images, here, there):
+    dataset = SharedInWorker(sessions, ImageLayout(), Preprocess(), (1, 6, 7, 5), [0])
+    here = [dataset[i] for i in range(3)]
+    there = list(DataLoader(dataset, batch_size=None, num_workers=2))
+    for image, (a, shared_here), (b, shared_there) in zip(images, here, there):
         clean = torch.nan_to_num(image) if torch.isnan(image).any() else image
-        assert torch.equal(a[0], (clean - clean.min()) / (clean.max() - clean.min()))
-        assert torch.equal(a, b)
-    assert there[0].is_shared()
+        assert torch.equal(a.elements[0], (clean - clean.min()) / (clean.max() - clean.min()))
+        assert torch.equal(a.elements, b.elements)
+        assert not shared_here and shared_there  # made in shared memory by the worker itself: no copy to send
+
+
+class SharedInWorker(SessionDataset):
+    """Reports whether the item was already in shared memory where it was made (every tensor a worker sends
+    is shared once received, so only the worker can tell)."""
+
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        return item, item.elements.is_shared()
+
+
+def test_prefetch_over_loader_workers_stops_cleanly_when_closed(tmp_path):
+    """The GPU path: workers started from the main thread, batches formed in the prefetch thread; an early
+    stop (an engine error) leaves no thread and, once the loader is released, no worker process."""
+    import gc
+    import multiprocessing
+    import threading
+
+    from torch.utils.data import DataLoader
+
+    sessions = []
+    for i in range(12):
+        path = tmp_path / f"sub-{i}.pt"
+        torch.save(torch.randn(1, 5, 6, 7), path)
+        sessions.append(Session(f"sub-{i}", "ses-M000", path))
+    dataset = SessionDataset(sessions, ImageLayout(), Preprocess(), (1, 5, 6, 7), [0])
+    stream = prefetch(rebatch(iter(DataLoader(dataset, batch_size=None, num_workers=2)), 2), depth=2)
+    first = next(stream)
+    assert first.images.shape == (2, 1, 5, 6, 7) and first.session_index == [0, 1]
+    stream.close()
+    assert not any(t.name == "maps-interpret-prefetch" and t.is_alive() for t in threading.enumerate())
+    del stream
+    gc.collect()
+    for child in multiprocessing.active_children():
+        child.join(timeout=10)
+    assert multiprocessing.active_children() == []
+    everything = list(prefetch(rebatch(iter(DataLoader(dataset, batch_size=None, num_workers=2)), 5), depth=2))
+    assert [b.session_index for b in everything] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]

@@ -135,3 +135,17 @@ def test_python_api_runs_without_argv(demo):
                                   n_proc=0, selection_metrics=["loss", "accuracy"]))
     assert len(summary.outputs) == 4 and summary.maps > 0 and summary.seconds > 0
     assert all((folder / "mean_image-0_map.pt").is_file() for folder in summary.outputs)
+
+
+@pytest.mark.parametrize("status,expected", [(0, 120), (2, 2)])
+def test_entry_reports_a_failed_flush_of_the_results(status, expected):
+    """The console command exits without interpreter teardown; a stdout that cannot be flushed (closed pipe,
+    full disk) still fails the run, as Python itself reports it (120), unless it already failed."""
+    code = ("import io, sys\n"
+            "from maps_interpret import cli\n"
+            f"cli.main = lambda: (print('/maps/split-0/best-loss/test/interpret-x'), {status})[1]\n"
+            "class Full(io.StringIO):\n"
+            "    def flush(self): raise OSError(28, 'No space left on device')\n"
+            "sys.stdout = Full()\n"
+            "cli.entry()\n")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == expected

@@ -117,7 +117,7 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
     first = True
     with progress, writers.BackgroundWriter() as background:
         gpu = plan.device != "cpu"
-        for batch in prefetch(rebatch(loader, config.batch_size, pin=gpu), depth=2 if gpu else 0):
+        for batch in prefetch(rebatch(iter(loader), config.batch_size, pin=gpu), depth=2 if gpu else 0):
             for job, engine, folder in engines:
                 try:
                     maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=config.save_individual)

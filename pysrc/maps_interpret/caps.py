@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from queue import Full, Queue
+from queue import Empty, Full, Queue
 from typing import Iterable, Iterator, Optional, Sequence, TypeVar
 
 import torch
@@ -216,7 +216,9 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
     """`items`, produced up to `depth` ahead by a background thread; depth 0 is `items` itself. On a GPU the
     main thread only queues device work, so receiving the workers' tensors and copying them into pinned
     batches (GIL released) overlaps the device's compute instead of delaying it. Errors of the producer are
-    raised here, in order; closing this generator early stops the producer after its current item."""
+    raised here, in order; closing this generator early stops the producer after its current item. Pass an
+    iterator made in the calling thread (`iter(loader)`): a DataLoader's workers must start from the main
+    thread, where torch watches them for crashes."""
     if depth <= 0:
         yield from items
         return
@@ -246,12 +248,19 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
     thread.start()
     try:
         while True:
-            item, error = queue.get()
+            try:
+                item, error = queue.get(timeout=1.0)
+            except Empty:
+                if thread.is_alive():
+                    continue
+                raise RuntimeError("the batch prefetching thread ended without a result") from None
             if error is not None:
                 raise error
             if item is end:
                 return
             yield item
     finally:
+        # The producer stops at its next item; not waiting for it keeps Ctrl-C and SIGTERM prompt (a scheduler
+        # kills soon after SIGTERM, and the staging folder must be removed first). It is a daemon thread.
         stop.set()
-        thread.join(timeout=30)
+        thread.join(timeout=1.0)

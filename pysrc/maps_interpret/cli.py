@@ -102,8 +102,8 @@ def entry() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError):  # e.g. a closed pipe or a full disk: the printed result folders are lost
+            code = code or 120  # as Python reports a failed flush at exit
     os._exit(code)
 
 

@@ -154,11 +154,12 @@ def load_model(maps: Maps, path: Path) -> nn.Module:
             return load_torchscript(path)
         except Exception as error:
             raise MapsInterpretError(f"cannot load TorchScript model {path}: {first_line(error)[:200]}") from None
-    # Built without initialising weights (meta), then given the checkpoint's tensors, memory-mapped: no random
-    # initialisation of ~40M weights, no copy of the file (the engine copies the weights it keeps).
+    # Built without initialising weights (meta), then given the checkpoint's tensors: no random initialisation
+    # of ~40M weights, no second copy. Read, not memory-mapped: the model must not change (or fault) when the
+    # file does while it is in use.
     with torch.device("meta"):
         model = build_model(maps)
-    state = read_state_dict(path, mmap=True)
+    state = {key: value.contiguous() for key, value in read_state_dict(path).items()}
     check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True, assign=True)
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
