@@ -48,6 +48,7 @@ def build_parser() -> ArgumentParser:
         description="Saliency maps of the models of a ClinicaDL MAPS over a data group "
         "(the mean map always, one map per session with --save_individual).",
         epilog="Exit status: 0 success, 1 error (bad input, missing file, no GPU...), 2 usage error, "
+        "120 the maps were written but the list of result folders could not be printed (closed pipe, full disk), "
         "130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Errors are one line on stderr; add --verbose for a "
         "traceback.",
     )
