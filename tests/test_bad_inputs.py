@@ -139,3 +139,20 @@ def test_disk_full_while_writing(demo, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "writing maps into maps failed (No space left on device); the results of this pass were discarded" in err
     assert tree_digest(demo / "maps") == before
+
+
+def test_out_of_memory_names_the_model_and_the_fix(demo, capsys, monkeypatch):
+    """An allocation failure in the core (GPU memory, most often) is one line naming the model and
+    --batch_size; nothing is left in the MAPS."""
+    from maps_interpret.engine import Engine, EngineError
+
+    def out_of_memory(self, *args, **kwargs):
+        raise EngineError("CUDA out of memory. Tried to allocate 1.56 GiB (GPU 0; 79.1 GiB total capacity)")
+
+    monkeypatch.setattr(Engine, "accumulate", out_of_memory)
+    before = tree_digest(demo / "maps")
+    assert main(["maps", "test", "x", *NEW_GROUP, "--no-gpu", "-np", "0", "--batch_size", "4"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and err[-1].startswith("maps-interpret: error: maps/split-0/best-loss/model.pth.tar: CUDA out")
+    assert err[-1].endswith("; lower --batch_size (now 4)")
+    assert tree_digest(demo / "maps") == before

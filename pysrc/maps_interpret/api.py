@@ -122,7 +122,9 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
                 try:
                     maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=config.save_individual)
                 except EngineError as error:
-                    raise MapsInterpretError(f"{job.model_path}: {error}") from None
+                    hint = (f"; lower --batch_size (now {config.batch_size})" if "out of memory" in str(error).lower()
+                            else "")
+                    raise MapsInterpretError(f"{job.model_path}: {error}{hint}") from None
                 if maps_ is not None:
                     maps_ = maps_.cpu()
                     for map_, element, index in zip(maps_, batch.element_ids, batch.session_index):
