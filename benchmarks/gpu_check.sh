@@ -47,11 +47,13 @@ export MAPS_INTERPRET_FIXTURES=${MAPS_INTERPRET_FIXTURES:-shared/fixtures/clinic
 export MAPS_INTERPRET_GPU_REPORT="$OUT/fixture_gpu.jsonl"
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -o minversion=1 -W default
         -o "addopts=-ra --strict-markers --import-mode=importlib" -n "${TEST_WORKERS:-8}")
-start=$(date +%s)
-step tests && { timeout 150 "${PYTEST[@]}" tests/test_engine.py tests/test_fast.py
-  timeout 150 "${PYTEST[@]}" -m cuda tests/test_clinicadl_fixture.py; } > "$OUT/tests.log" 2>&1
-step tests && echo "tests ($card): $(grep -E '(passed|failed)' "$OUT/tests.log" | tr '\n' ';') in $(( $(date +%s) - start )) s"
-step tests && grep -E "^(FAILED|ERROR)|Fatal Python error|Timeout" "$OUT/tests.log" | head -20
+if step tests; then
+  start=$(date +%s)
+  { timeout 150 "${PYTEST[@]}" tests/test_engine.py tests/test_fast.py
+    timeout 150 "${PYTEST[@]}" -m cuda tests/test_clinicadl_fixture.py; } > "$OUT/tests.log" 2>&1
+  echo "tests ($card): $(grep -E '(passed|failed)' "$OUT/tests.log" | tr '\n' ';') in $(( $(date +%s) - start )) s"
+  grep -E "^(FAILED|ERROR)|Fatal Python error|Timeout" "$OUT/tests.log" | head -20
+fi
 
 if step floor; then
 echo "== engine floor, batch ${BENCH_BATCH:-8}, random 169x208x179 inputs, $card"

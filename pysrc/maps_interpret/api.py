@@ -91,7 +91,8 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
 
     config, maps = plan.config, plan.maps
     mode = maps.mode
-    if plan.device != "cpu":  # one image size per MAPS: autotuning pays off unless runs must be repeatable
+    gpu = plan.device != "cpu"
+    if gpu:  # one image size per MAPS: autotuning pays off unless runs must be repeatable
         torch.backends.cudnn.benchmark = not config.deterministic
         torch.backends.cudnn.deterministic = config.deterministic
     engines = []
@@ -116,7 +117,6 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
     start = time.perf_counter()
     first = True
     with progress, writers.BackgroundWriter() as background:
-        gpu = plan.device != "cpu"
         for batch in prefetch(rebatch(iter(loader), config.batch_size, pin=gpu), depth=2 if gpu else 0):
             for job, engine, folder in engines:
                 try:
