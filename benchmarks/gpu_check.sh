@@ -44,7 +44,7 @@ PY
 fi
 
 export MAPS_INTERPRET_FIXTURES=${MAPS_INTERPRET_FIXTURES:-shared/fixtures/clinicadl-1.6.1}
-export MAPS_INTERPRET_GPU_REPORT="$OUT/fixture_gpu.jsonl"
+export MAPS_INTERPRET_PARITY_REPORT="$OUT/fixture_parity.jsonl"  # rule and errors of every map (tests/parity.py)
 PYTEST=(python3 -m pytest -q -p no:cacheprovider -o minversion=1 -W default
         -o "addopts=-ra --strict-markers --import-mode=importlib" -n "${TEST_WORKERS:-8}")
 if step tests; then

@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 from helpers import fixture_root
+from parity import summary_lines
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Which rule each ClinicaDL map passed by (tests/parity.py)."""
+    for line in summary_lines():
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

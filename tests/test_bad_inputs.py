@@ -80,6 +80,11 @@ CASES = {
     "TSV with ragged rows": (lambda r: (r / "data" / "test.tsv").write_text(
         "participant_id\tsession_id\tdiagnosis\nsub-TE01\tses-M000\n"), [], 1, "line 2: 2 tab-separated values"),
     "empty TSV": (lambda r: (r / "data" / "test.tsv").write_text(""), [], 1, "is empty"),
+    "label_code null in a classification MAPS": (lambda r: maps_json(r, label_code=None), [], 1,
+                                                 "label_code must be an object (null only in a regression MAPS)"),
+    "reconstruction MAPS": (lambda r: maps_json(r, network_task="reconstruction", label=None, label_code=None,
+                                                output_size=[1, 12, 14, 10]), [], 1,
+                            "network_task 'reconstruction' is not supported"),
 }
 
 
@@ -155,4 +160,36 @@ def test_out_of_memory_names_the_model_and_the_fix(demo, capsys, monkeypatch):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) >= 1 and err[-1].startswith("maps-interpret: error: maps/split-0/best-loss/model.pth.tar: CUDA out")
     assert err[-1].endswith("; lower --batch_size (now 4)")
+    assert tree_digest(demo / "maps") == before
+
+
+def header_only_group(root: Path, name: str) -> Path:
+    folder = root / "maps" / "groups" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data.tsv").write_text("participant_id\tsession_id\tcohort\tdiagnosis\n")
+    (folder / "maps.json").write_text(json.dumps({"caps_directory": "data/caps", "multi_cohort": False}))
+    return folder
+
+
+@pytest.mark.parametrize("extra", [[], ["--overwrite", "--caps_directory", "data/caps"]])
+def test_existing_group_without_rows(demo, capsys, extra):
+    """A data.tsv with a header and no rows (kept by --overwrite when no new TSV is given): the usual
+    one-line error naming the group, and nothing changes."""
+    header_only_group(demo, "empty")
+    before = tree_digest(demo / "maps")
+    assert main(["maps", "empty", "x", "--no-gpu", "-np", "0", *extra]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("maps-interpret: error: data group empty has no session: "
+                              "maps/groups/empty/data.tsv has a header but no rows; redefine it with --overwrite")
+    assert tree_digest(demo / "maps") == before
+
+
+def test_training_group_without_rows(demo, capsys):
+    (demo / "maps" / "groups" / "validation" / "split-1" / "data.tsv").write_text("\tparticipant_id\tsession_id\n")
+    before = tree_digest(demo / "maps")
+    assert main(["maps", "validation", "x", "--no-gpu", "-np", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("maps-interpret: error: data group validation has no session for split-1: "
+                       "maps/groups/validation/split-1/data.tsv has a header but no rows; this MAPS cannot be "
+                       "interpreted on its training data")
     assert tree_digest(demo / "maps") == before

@@ -116,8 +116,7 @@ def test_checkpoint_errors(demo):
 def test_unsupported_networks_are_refused(demo):
     maps = open_maps(demo / "maps")
     for key, value, message in [("architecture", "UNet", "architecture 'UNet' cannot be rebuilt .* save the trained model as TorchScript"),
-                                ("multi_network", True, "multi_network MAPS are not supported"),
-                                ("network_task", "reconstruction", "only classification and regression")]:
+                                ("multi_network", True, "multi_network MAPS are not supported")]:
         params = dict(maps.params, **{key: value})
         with pytest.raises(MapsInterpretError, match=message):
             build_model(type(maps)(path=maps.path, params=params, split_name="split"))

@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
     "n_splits": 0,
 }
 TASK_LABEL = {"classification": "diagnosis", "regression": "age"}
+SUPPORTED_TASKS = ("classification", "regression")
+# Keys that ClinicaDL 1.6.1 itself writes as null, by task (its regression task manager returns no label code).
+# Null anywhere else is refused: ClinicaDL could not have written it.
+NULL_BY_TASK = {"regression": {"label_code"}}
 # Old key names renamed by ClinicaDL's read_json.
 RENAMED = {"model": "architecture", "multi": "multi_network", "minmaxnormalization": "normalize",
            "num_workers": "n_proc"}
@@ -71,6 +75,9 @@ def read_parameters(maps_json: Path) -> dict[str, Any]:
     if not isinstance(task, str):
         raise MapsInterpretError(f"{maps_json}: 'network_task' must be a string, got {task!r:.80}")
     params.setdefault("network_task", task)
+    if task not in SUPPORTED_TASKS:  # before the type checks: a reconstruction MAPS has other types
+        raise MapsInterpretError(f"{maps_json}: network_task {task!r:.80} is not supported: only classification "
+                                 "and regression CNNs can be interpreted")
     for key, value in DEFAULTS.items():
         params.setdefault(key, value)
     if task in TASK_LABEL:
@@ -115,7 +122,8 @@ TOP_LEVEL_TYPES = {
     "input_size": ("a list of 3 or 4 positive integers", lambda v: _positive_ints(v, (3, 4))),
     "output_size": ("a positive integer or null", lambda v: v is None or (_is_int(v) and v > 0)),
     "dropout": ("a number", lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))),
-    "label_code": ("an object", lambda v: isinstance(v, dict)),
+    "label_code": ("an object (null only in a regression MAPS)",
+                   lambda v: isinstance(v, dict) and all(isinstance(c, str) and _is_int(n) for c, n in v.items())),
     "label": ("a string or null", lambda v: v is None or isinstance(v, str)),
     "normalize": ("true or false", lambda v: isinstance(v, bool)),
     "size_reduction": ("true or false", lambda v: isinstance(v, bool)),
@@ -145,10 +153,11 @@ PREPROCESSING_TYPES = {
 
 
 def check_types(params: dict, maps_json: Path) -> None:
+    nullable = NULL_BY_TASK.get(params["network_task"], set())
     for table, values, prefix in ((TOP_LEVEL_TYPES, params, ""),
                                   (PREPROCESSING_TYPES, params["preprocessing_dict"], "preprocessing_dict.")):
         for key, (expected, valid) in table.items():
-            if key in values and not valid(values[key]):
+            if key in values and not (values[key] is None and prefix + key in nullable) and not valid(values[key]):
                 raise MapsInterpretError(f"{maps_json}: {prefix}{key} must be {expected}, got {values[key]!r:.80}")
 
 

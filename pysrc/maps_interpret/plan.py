@@ -15,7 +15,7 @@ from .caps import Session, find_sessions, load_tensor
 from .config import InterpretConfig, validate
 from .elements import layout_for
 from .errors import MapsInterpretError, UsageError
-from .groups import GroupPlan, definition_for_split, plan_group, resolve_caps
+from .groups import TRAINING_GROUPS, GroupPlan, definition_for_split, group_dir, plan_group, resolve_caps
 from .maps import Maps, open_maps
 
 @dataclass(frozen=True)
@@ -91,6 +91,8 @@ def make_plan(config: InterpretConfig) -> Plan:
             raise MapsInterpretError(f"{output_dir} already exists: choose another NAME, or add --overwrite_name "
                                      "to replace it")
         definition = definition_for_split(maps, group, split)
+        if not definition.rows:
+            raise MapsInterpretError(empty_group_message(maps, config, split))
         caps = resolve_caps(maps, definition)
         key = (tuple(sorted((c, str(p.resolve())) for c, p in caps.items())),
                tuple((r["participant_id"], r["session_id"]) for r in definition.rows))
@@ -101,6 +103,15 @@ def make_plan(config: InterpretConfig) -> Plan:
             passes[key] = DataPass(caps, sessions, layout, layout.element_ids(tuple(first.shape)))
         passes[key].jobs.append(Job(split, metric, model_file(maps, split, metric), output_dir))
     return Plan(config=config, maps=maps, device=device, group=group, passes=list(passes.values()))
+
+
+def empty_group_message(maps: Maps, config: InterpretConfig, split: int) -> str:
+    table = group_dir(maps, config.data_group, split) / "data.tsv"
+    if config.data_group in TRAINING_GROUPS:
+        return (f"data group {config.data_group} has no session for {maps.split_name}-{split}: {table} has a "
+                "header but no rows; this MAPS cannot be interpreted on its training data")
+    return (f"data group {config.data_group} has no session: {table} has a header but no rows; redefine it with "
+            "--overwrite --participants_tsv TSV --caps_directory CAPS, or choose another DATA_GROUP")
 
 
 def check_model(maps: Maps, split: int, metric: str, cam: bool) -> None:

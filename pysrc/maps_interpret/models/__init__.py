@@ -47,9 +47,6 @@ def build_model(maps: Maps) -> nn.Module:
     params = maps.params
     if params.get("multi_network"):
         raise MapsInterpretError(f"{maps.path}: multi_network MAPS are not supported (one model per element)")
-    if params.get("network_task") not in ("classification", "regression"):
-        raise MapsInterpretError(f"{maps.path}: network_task {params.get('network_task')!r} is not supported: "
-                                 "only classification and regression CNNs can be interpreted")
     name = maps.architecture
     if name not in ARCHITECTURES:
         raise MapsInterpretError(
