@@ -189,3 +189,56 @@ def test_prefetch_over_loader_workers_stops_cleanly_when_closed(tmp_path):
     assert multiprocessing.active_children() == []
     everything = list(prefetch(rebatch(iter(DataLoader(dataset, batch_size=None, num_workers=2)), 5), depth=2))
     assert [b.session_index for b in everything] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+
+
+def saved_sessions(tmp_path, n: int, shape=(1, 5, 6, 7)) -> list[Session]:
+    sessions = []
+    for i in range(n):
+        path = tmp_path / f"sub-{i}.pt"
+        torch.save(torch.randn(*shape) * (i + 1), path)
+        sessions.append(Session(f"sub-{i}", "ses-M000", path))
+    return sessions
+
+
+@pytest.mark.parametrize("free_mib,expected", [(None, "processes"), (1 << 20, "processes"), (1, "threads")])
+def test_loader_processes_or_threads_by_free_shared_memory(tmp_path, monkeypatch, caplog, free_mib, expected):
+    """A container's default /dev/shm (64 MB) cannot hold what loader processes keep in flight at full
+    image size: then the sessions are read in threads, same items in the same order."""
+    import threading
+
+    from maps_interpret import caps
+
+    dataset = SessionDataset(saved_sessions(tmp_path, 9), ImageLayout(), Preprocess(), (1, 5, 6, 7), [0])
+    assert dataset.item_bytes == 4 * 5 * 6 * 7
+    monkeypatch.setattr(caps, "shared_memory_free", lambda: None if free_mib is None else free_mib * dataset.item_bytes)
+    used = []
+    real_loader, real_get = caps.DataLoader, SessionDataset.__getitem__
+    monkeypatch.setattr(caps, "DataLoader", lambda *a, **k: used.append("processes") or real_loader(*a, **k))
+    monkeypatch.setattr(SessionDataset, "__getitem__", lambda self, i: (
+        used.append(threading.current_thread().name), real_get(self, i))[1])
+    with caplog.at_level("INFO", logger="maps_interpret"):
+        items = list(caps.session_items(dataset, 2))
+    here = [real_get(dataset, i) for i in range(9)]
+    assert [item.session_index for item in items] == list(range(9))
+    assert all(torch.equal(a.elements, b.elements) for a, b in zip(items, here))
+    if expected == "threads":
+        assert "processes" not in used and {n.rsplit("_", 1)[0] for n in used} == {"maps-interpret-read"}
+        assert "reading in 2 thread(s) instead; give a container --shm-size=1g or --ipc=host" in caplog.text
+    else:
+        assert used[0] == "processes" and "thread(s) instead" not in caplog.text
+
+
+def test_threaded_reading_stops_when_closed(tmp_path):
+    import threading
+    import time
+
+    from maps_interpret.caps import _read_in_threads
+
+    dataset = SessionDataset(saved_sessions(tmp_path, 20), ImageLayout(), Preprocess(), (1, 5, 6, 7), [0])
+    stream = _read_in_threads(dataset, 2, depth=4)
+    assert next(stream).session_index == 0
+    stream.close()
+    deadline = time.monotonic() + 5
+    while any(t.name.startswith("maps-interpret-read") for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(t.name.startswith("maps-interpret-read") for t in threading.enumerate())

@@ -149,3 +149,22 @@ def test_entry_reports_a_failed_flush_of_the_results(status, expected):
             "sys.stdout = Full()\n"
             "cli.entry()\n")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == expected
+
+
+def test_small_shared_memory_reads_in_threads_with_the_same_maps(demo, monkeypatch, caplog):
+    """-np 2 where /dev/shm is too small for loader processes (a default container): same maps as -np 0."""
+    from maps_interpret import caps
+
+    new_group = ["--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps"]
+    assert main(["maps", "test", "x", *new_group, "--no-gpu", "--save_individual", "-np", "0"]) == 0
+    monkeypatch.setattr(caps, "shared_memory_free", lambda: 1024)
+    with caplog.at_level("INFO", logger="maps_interpret"):
+        assert main(["maps", "test", "y", "--no-gpu", "--save_individual", "-np", "2"]) == 0
+    assert "reading in 2 thread(s) instead" in caplog.text
+    for split in (0, 1):
+        ours = demo / "maps" / f"split-{split}" / "best-loss" / "test"
+        files = sorted(p.name for p in (ours / "interpret-x").iterdir())
+        assert files == sorted(p.name for p in (ours / "interpret-y").iterdir()) and len(files) == 5
+        for name in files:
+            assert torch.equal(torch.load(ours / "interpret-x" / name, weights_only=True),
+                               torch.load(ours / "interpret-y" / name, weights_only=True))

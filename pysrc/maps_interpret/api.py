@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import writers
-from .caps import SessionDataset, prefetch, rebatch
+from .caps import SessionDataset, prefetch, rebatch, session_items
 from .config import InterpretConfig
 from .errors import MapsInterpretError
 from .groups import commit_group
@@ -111,13 +110,13 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
 
     dataset = SessionDataset(data_pass.sessions, data_pass.layout, Preprocess.from_params(maps.params),
                              maps.input_size, data_pass.element_ids)
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=config.n_proc)
     progress = tqdm(total=data_pass.n_elements, unit=mode, desc=f"{config.data_group}/{config.name}", disable=None,
                     leave=False, dynamic_ncols=True)
     start = time.perf_counter()
     first = True
     with progress, writers.BackgroundWriter() as background:
-        for batch in prefetch(rebatch(iter(loader), config.batch_size, pin=gpu), depth=2 if gpu else 0):
+        items = session_items(dataset, config.n_proc)  # loader processes start here, in the main thread
+        for batch in prefetch(rebatch(items, config.batch_size, pin=gpu), depth=2 if gpu else 0):
             for job, engine, folder in engines:
                 try:
                     maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=config.save_individual)

@@ -7,19 +7,27 @@ forms them ahead in a thread (GPU runs).
 
 from __future__ import annotations
 
+import logging
+import math
+import os
 import threading
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from queue import Empty, Full, Queue
 from typing import Iterable, Iterator, Optional, Sequence, TypeVar
 
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .errors import MapsInterpretError, first_line
 from .transforms import Preprocess
 
 T = TypeVar("T")
+log = logging.getLogger("maps_interpret")
+SHARED_MEMORY = Path("/dev/shm")
+PREFETCH_FACTOR = 2  # sessions each loader worker prepares ahead (torch's default)
 
 # CAPS sub-folder of each preprocessing under deeplearning_prepare_data/<mode>_based/.
 PREPROCESSING_FOLDERS = {"t1-linear": "t1_linear", "flair-linear": "flair_linear", "pet-linear": "pet_linear",
@@ -146,6 +154,11 @@ class SessionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.sessions)
 
+    @property
+    def item_bytes(self) -> int:
+        """Size of one session's preprocessed elements (float32)."""
+        return 4 * len(self.element_ids) * math.prod(self.input_size)
+
     def __getitem__(self, index: int) -> SessionItem:
         session = self.sessions[index]
         try:
@@ -181,6 +194,48 @@ class SessionDataset(Dataset):
                                      f"{len(self.element_ids)}; all images must have the same size")
         for element in ids:
             yield self.layout.extract(image, element), session.tensor_path
+
+
+def shared_memory_free(path: Path = SHARED_MEMORY) -> Optional[int]:
+    """Bytes free in the shared-memory file system, None where there is none to measure."""
+    try:
+        stat = os.statvfs(path)
+    except OSError:
+        return None
+    return stat.f_bavail * stat.f_frsize
+
+
+def session_items(dataset: SessionDataset, n_proc: int) -> Iterator[SessionItem]:
+    """The sessions in order, read by `n_proc` loader processes that hand each session over in shared memory;
+    by `n_proc` threads instead when /dev/shm cannot hold what the processes keep in flight (64 MB in a
+    container started without --shm-size or --ipc=host: torch would die there with a bus error); in this
+    thread when `n_proc` is 0. Reading a tensor file and normalising it release the GIL, so threads still
+    overlap the engine's work."""
+    if n_proc <= 0:
+        return (dataset[index] for index in range(len(dataset)))
+    in_flight = (n_proc * PREFETCH_FACTOR + 2) * dataset.item_bytes  # workers' queue + what the main process holds
+    free = shared_memory_free()
+    if free is not None and in_flight > 0.8 * free:
+        log.info("%s has %d MiB free, too little for %d loader process(es) (about %d MiB in flight): reading in "
+                 "%d thread(s) instead; give a container --shm-size=1g or --ipc=host to use processes",
+                 SHARED_MEMORY, free >> 20, n_proc, in_flight >> 20, n_proc)
+        return _read_in_threads(dataset, n_proc, depth=n_proc * PREFETCH_FACTOR)
+    return iter(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=n_proc,
+                           prefetch_factor=PREFETCH_FACTOR))
+
+
+def _read_in_threads(dataset: SessionDataset, threads: int, depth: int) -> Iterator[SessionItem]:
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="maps-interpret-read")
+    pending: deque = deque()
+    try:
+        for index in range(len(dataset)):
+            if len(pending) >= depth:
+                yield pending.popleft().result()
+            pending.append(pool.submit(dataset.__getitem__, index))
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 @dataclass
