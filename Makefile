@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo
-SOURCES := $(shell find csrc pysrc -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' \)) \
+WHEELHOUSE ?= build/wheelhouse
+SOURCES := $(shell find csrc pysrc buildtools -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' \)) \
            CMakeLists.txt pyproject.toml
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean wheel wheelhouse test-wheel test-container test-slow
 
 setup: $(VENV)/.installed
 
@@ -30,6 +31,25 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# A wheel of the package compiled against the pinned torch, which its metadata then asks for (==).
+wheel: setup
+	rm -f dist/maps_interpret-*.whl
+	$(BIN)/pip wheel --quiet --no-build-isolation --no-deps -w dist .
+
+# Every wheel that installing the package, or building its container image, needs: offline installs.
+wheelhouse: wheel
+	rm -f $(WHEELHOUSE)/maps_interpret-*.whl
+	$(BIN)/pip download --quiet -d $(WHEELHOUSE) dist/maps_interpret-*.whl -r requirements/build.txt
+
+# Packaging tests (minutes; .ci/run runs them after `make test`).
+test-wheel: wheelhouse
+	$(BIN)/python -m pytest -q tests/packaging/test_wheel.py
+
+test-container: wheelhouse
+	$(BIN)/python -m pytest -q -s tests/packaging/test_container.py  # -s: prints the time of each step
+
+test-slow: test-wheel test-container
 
 bench: setup
 	$(BIN)/python benchmarks/run.py

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from . import engine as _engine  # noqa: F401  (loads and checks the C++ core now: a torch mismatch fails first)
 from . import writers
 from .caps import SessionDataset, prefetch, rebatch, session_items
 from .config import InterpretConfig

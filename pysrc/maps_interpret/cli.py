@@ -66,7 +66,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # pages the kernel's page faults cost as much as a third of the pass (measured: BENCHMARKS.md). torch
     # reads this once, at its first allocation, so it is set before torch is imported.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    from . import api  # heavy imports (torch) only once the command line is valid
+    try:
+        from . import api  # heavy imports (torch, the C++ core) only once the command line is valid
+    except ImportError as error:  # the core is missing or was built for another torch: say which
+        if config.verbose:
+            raise
+        print(f"{PROG}: error: {first_line(error)}", file=sys.stderr)
+        return 1
 
     # SIGTERM (a scheduler's time limit, `kill`) unwinds like Ctrl-C, so the staging folder is removed.
     signal.signal(signal.SIGTERM, _terminate)

@@ -15,6 +15,26 @@ from .errors import first_line
 
 REBUILD = "pip install --no-build-isolation --force-reinstall --no-deps maps-interpret (or `make setup`)"
 
+
+def _public(version: str) -> str:
+    return version.split("+")[0]
+
+
+def _check_torch(built: str, installed: str) -> None:
+    """Before the core is loaded: against another torch it would fail on an undefined symbol, or worse."""
+    if _public(built) != _public(installed):
+        raise ImportError(f"maps-interpret was compiled against torch {_public(built)} but torch {installed} is "
+                          f"installed: pip install torch=={_public(built)} (the build for your CUDA version), or "
+                          f"rebuild maps-interpret against this torch: {REBUILD}")
+
+
+try:
+    from ._build_info import TORCH_VERSION
+except ImportError:  # a source tree that was never built
+    TORCH_VERSION = None
+if TORCH_VERSION is not None:
+    _check_torch(TORCH_VERSION, torch.__version__)
+
 try:
     from . import _core
 except ImportError as error:  # not built, or built for another Python
@@ -23,7 +43,7 @@ except ImportError as error:  # not built, or built for another Python
 
 def _check_build(core=_core) -> None:
     built = core.built_against()
-    if built.split("+")[0] != torch.__version__.split("+")[0]:
+    if _public(built) != _public(torch.__version__):
         raise ImportError(f"maps_interpret's C++ core was compiled against torch {built} but torch "
                           f"{torch.__version__} is installed; rebuild it: {REBUILD}")
     # A core linked with its own static libstdc++ formats numbers wrongly (or crashes) in every error message.
