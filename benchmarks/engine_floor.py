@@ -90,12 +90,9 @@ def main() -> None:
     variants = {
         "engine_plain_fp32": lambda: Engine(to_torchscript(model), device=args.device),
         "engine_fused_fp32": lambda: Engine(to_torchscript(fused), device=args.device),
-        "engine_fused_fp32_channels_last": lambda: Engine(to_torchscript(fused), device=args.device, channels_last=True),
     }
     if pin:
         variants["engine_fused_bf16"] = lambda: Engine(to_torchscript(fused), device=args.device, amp=torch.bfloat16)
-        variants["engine_fused_bf16_channels_last"] = lambda: Engine(to_torchscript(fused), device=args.device,
-                                                                     amp=torch.bfloat16, channels_last=True)
         torch.backends.cudnn.benchmark = True
     results: dict[str, list[float]] = {name: [] for name in variants}
     if not args.skip_clinicadl:

@@ -1,7 +1,7 @@
 """Variant (c) of the benchmark: the engine alone on preloaded, preprocessed tensors (no file I/O), built
 the way maps-interpret builds it. Prints a JSON line: seconds per image of the loop over batches.
 
-    python benchmarks/floor.py MAPS CAPS TSV [--batch_size 2] [--gpu] [--amp] [--channels_last]
+    python benchmarks/floor.py MAPS CAPS TSV [--batch_size 2] [--gpu] [--amp]
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ def main() -> None:
     parser = inputs.parser("the engine alone on preloaded tensors", batch_size=2)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--amp", action="store_true")
-    parser.add_argument("--channels_last", action="store_true", help="channels-last inputs (other rounding)")
     args = parser.parse_args()
     device = "cuda" if args.gpu else "cpu"
     if args.gpu:
@@ -36,7 +35,7 @@ def main() -> None:
     if args.gpu:
         batches = [b.pin_memory() for b in batches]
     engine = Engine(to_torchscript(fuse_blocks(load_model(maps, maps.model_path(0, "loss")))), device=device,
-                    amp=torch.bfloat16 if args.amp else None, channels_last=args.channels_last)
+                    amp=torch.bfloat16 if args.amp else None)
     for batch in batches[:2]:  # warm-up: TorchScript profiling runs, cuDNN autotuning
         engine.accumulate(batch, [0] * len(batch))
     engine.means()

@@ -61,7 +61,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("target", &mi::EngineOptions::target)
       .def_readwrite("amp", &mi::EngineOptions::amp)
       .def_readwrite("cam_variant", &mi::EngineOptions::cam_variant)
-      .def_readwrite("channels_last", &mi::EngineOptions::channels_last)
+      .def_readwrite("deterministic", &mi::EngineOptions::deterministic)
       .def_readwrite("count_zeros", &mi::EngineOptions::count_zeros);
 
   py::class_<mi::Engine>(m, "Engine")
@@ -75,6 +75,9 @@ PYBIND11_MODULE(_core, m) {
                             bool return_maps) {
         return guarded([&] { return engine.accumulate(batch, ids, return_maps); });
       }, py::arg("batch"), py::arg("ids"), py::arg("return_maps") = false)
+      .def("reserve", [](mi::Engine& engine, const std::vector<int64_t>& ids) {
+        return guarded([&] { engine.reserve(ids); return true; });
+      }, py::arg("ids"))
       .def("ids", [](const mi::Engine& engine) { return guarded([&] { return engine.ids(); }); })
       .def("counts", [](const mi::Engine& engine) { return guarded([&] { return engine.counts(); }); })
       .def("sums", [](const mi::Engine& engine) { return guarded([&] { return engine.sums(); }); })

@@ -3,7 +3,6 @@
 #include <ATen/Context.h>
 #include <torch/cuda.h>
 
-#include "methods/grad_cam.h"
 #include "methods/gradients.h"
 
 namespace mi {
@@ -22,6 +21,32 @@ c10::Device parse_device(const std::string& spec) {
   return device;
 }
 
+Method parse_method(const std::string& method) {
+  if (method == "gradients") return Method::kGradients;
+  if (method == "grad-cam") return Method::kGradCam;
+  TORCH_CHECK(false, "unknown attribution method '", method, "': use gradients or grad-cam");
+}
+
+CamVariant parse_cam_variant(const std::string& variant) {
+  if (variant == "published") return CamVariant::kPublished;
+  if (variant == "clinicadl") return CamVariant::kClinicaDL;
+  TORCH_CHECK(false, "unknown Grad-CAM variant '", variant, "': use published or clinicadl");
+}
+
+// Process-wide flags: every engine of a run is made with the same options, and the engine owns its process.
+void set_cuda_policy(bool deterministic, bool float32) {
+  auto& context = at::globalContext();
+  // One image size per MAPS: autotuning pays off (once per shape) unless runs must repeat bit for bit.
+  context.setBenchmarkCuDNN(!deterministic);
+  context.setDeterministicCuDNN(deterministic);
+  if (float32) {
+    // float32 means float32: torch lets cuDNN convolutions use TensorFloat-32 by default (~1e-3 relative
+    // error on H100). --amp is the fast path.
+    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
+    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::IEEE);
+  }
+}
+
 std::optional<c10::ScalarType> parse_amp(const std::string& amp) {
   if (amp == "none") return std::nullopt;
   if (amp == "bfloat16") return c10::ScalarType::BFloat16;
@@ -34,26 +59,17 @@ std::optional<c10::ScalarType> parse_amp(const std::string& amp) {
 Engine::Engine(const torch::jit::Module& model, EngineOptions options)
     : options_(std::move(options)),
       device_(parse_device(options_.device)),
+      method_(parse_method(options_.method)),
+      cam_variant_(parse_cam_variant(options_.cam_variant)),
       amp_(parse_amp(options_.amp)),
       model_(model.clone()) {  // own copy: moving it to the device leaves the caller's intact
-  TORCH_CHECK(options_.method == "gradients" || options_.method == "grad-cam", "unknown attribution method '",
-              options_.method, "': use gradients or grad-cam");
-  TORCH_CHECK(options_.cam_variant == "published" || options_.cam_variant == "clinicadl",
-              "unknown Grad-CAM variant '", options_.cam_variant, "': use published or clinicadl");
   TORCH_CHECK(options_.target >= 0, "target node must be >= 0, got ", options_.target);
-  if (device_.is_cuda() && !amp_.has_value()) {
-    // float32 means float32: torch lets cuDNN convolutions use TensorFloat-32 by default (~1e-3 relative
-    // error on H100). This is process-wide; the engine owns its process. --amp is the fast path.
-    at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV,
-                                            at::Float32Precision::IEEE);
-    at::globalContext().setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL,
-                                            at::Float32Precision::IEEE);
-  }
+  if (device_.is_cuda()) set_cuda_policy(options_.deterministic, !amp_.has_value());
   model_.to(device_);
   model_.eval();
   // Frozen weights: autograd then computes the input gradient only, never weight gradients.
   for (auto p : model_.parameters()) p.set_requires_grad(false);
-  if (options_.method == "grad-cam") {
+  if (method_ == Method::kGradCam) {
     TORCH_CHECK(model_.hasattr("trunk") && model_.hasattr("head"),
                 "grad-cam needs a model with `trunk` (input -> feature map) and `head` (feature map -> outputs) "
                 "submodules");
@@ -67,9 +83,11 @@ std::unique_ptr<Engine> Engine::from_file(const std::string& path, EngineOptions
 }
 
 at::Tensor Engine::compute(const at::Tensor& x) {
-  if (trunk_.has_value()) {
-    const auto variant = options_.cam_variant == "clinicadl" ? CamVariant::kClinicaDL : CamVariant::kPublished;
-    return grad_cam(*trunk_, *head_, x, options_.target, amp_, variant);
+  switch (method_) {
+    case Method::kGradCam:
+      return grad_cam(*trunk_, *head_, x, options_.target, amp_, cam_variant_);
+    case Method::kGradients:
+      break;
   }
   return input_gradients(model_, x, options_.target, amp_);
 }
@@ -83,13 +101,8 @@ std::optional<at::Tensor> Engine::accumulate(const at::Tensor& batch,
               batch.scalar_type());
   std::lock_guard<std::mutex> lock(mutex_);
   // non_blocking overlaps the copy with compute when the caller pinned the batch.
+  // A batch already on the device (preprocessed there) is used as is; a host one is copied here.
   at::Tensor x = batch.to(device_, at::kFloat, /*non_blocking=*/true);
-  if (options_.channels_last && (x.dim() == 4 || x.dim() == 5)) {
-    // A copy with channels-last strides: contiguous(ChannelsLast) would keep a single-channel input as it
-    // is (both layouts are the same memory), and the kernels would then not take the channels-last path.
-    const auto format = x.dim() == 5 ? at::MemoryFormat::ChannelsLast3d : at::MemoryFormat::ChannelsLast;
-    x = at::empty_like(x, x.options(), format).copy_(x);
-  }
   at::Tensor maps = compute(x);
   sums_.add(maps, ids);
   if (options_.count_zeros) {
@@ -106,6 +119,11 @@ double Engine::zero_fraction() const {
   if (!options_.count_zeros) return -1.0;
   if (values_ == 0) return 0.0;
   return static_cast<double>(zeros_.item<int64_t>()) / static_cast<double>(values_);
+}
+
+void Engine::reserve(const std::vector<int64_t>& ids) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  sums_.reserve(ids);
 }
 
 std::vector<int64_t> Engine::ids() const {

@@ -4,33 +4,41 @@
 
 namespace mi {
 
+void ElementSums::reserve(const std::vector<int64_t>& ids) {
+  TORCH_CHECK(!sums_.defined(), "ElementSums.reserve: maps were already added");
+  for (auto id : ids) {
+    if (!slot_of_.count(id)) {
+      slot_of_[id] = static_cast<int64_t>(counts_.size());
+      counts_.push_back(0);
+    }
+  }
+}
+
 void ElementSums::add(const at::Tensor& maps, const std::vector<int64_t>& ids) {
   TORCH_CHECK(maps.dim() >= 1 && maps.size(0) == static_cast<int64_t>(ids.size()),
               "ElementSums.add: got ", ids.size(), " element ids for a batch of shape ", maps.sizes());
   if (ids.empty()) return;
   const auto element_shape = maps.sizes().slice(1);
-  if (!sums_.defined()) {
-    std::vector<int64_t> shape{0};
-    shape.insert(shape.end(), element_shape.begin(), element_shape.end());
-    sums_ = at::zeros(shape, maps.options().dtype(at::kFloat));
-  }
-  TORCH_CHECK(sums_.sizes().slice(1) == element_shape && sums_.device() == maps.device(),
-              "ElementSums.add: maps of shape ", element_shape, " on ", maps.device(),
-              " cannot be added to sums of shape ", sums_.sizes().slice(1), " on ", sums_.device());
-
-  // New element ids get a zero row; growing is rare (once per id) so a concatenation is fine.
-  int64_t new_rows = 0;
+  const auto rows_before = static_cast<int64_t>(counts_.size());
   for (auto id : ids) {
-    if (!slot_of_.count(id)) {
+    if (!slot_of_.count(id)) {  // not reserved: a row of its own
       slot_of_[id] = static_cast<int64_t>(counts_.size());
       counts_.push_back(0);
-      ++new_rows;
     }
   }
-  if (new_rows > 0) {
-    std::vector<int64_t> shape{new_rows};
-    shape.insert(shape.end(), element_shape.begin(), element_shape.end());
-    sums_ = at::cat({sums_, at::zeros(shape, sums_.options())});
+  const auto rows = static_cast<int64_t>(counts_.size());
+  std::vector<int64_t> shape{rows};
+  shape.insert(shape.end(), element_shape.begin(), element_shape.end());
+  if (!sums_.defined()) {
+    sums_ = at::zeros(shape, maps.options().dtype(at::kFloat));  // every reserved row at once
+  } else {
+    TORCH_CHECK(sums_.sizes().slice(1) == element_shape && sums_.device() == maps.device(),
+                "ElementSums.add: maps of shape ", element_shape, " on ", maps.device(),
+                " cannot be added to sums of shape ", sums_.sizes().slice(1), " on ", sums_.device());
+    if (rows > rows_before) {  // ids nobody reserved: rare, so a concatenation is fine
+      shape[0] = rows - rows_before;
+      sums_ = at::cat({sums_, at::zeros(shape, sums_.options())});
+    }
   }
 
   const at::Tensor values = maps.to(at::kFloat);
@@ -44,14 +52,18 @@ void ElementSums::add(const at::Tensor& maps, const std::vector<int64_t>& ids) {
 std::vector<int64_t> ElementSums::sorted_slots() const {
   std::vector<int64_t> slots;
   slots.reserve(slot_of_.size());
-  for (const auto& [id, slot] : slot_of_) slots.push_back(slot);
+  for (const auto& [id, slot] : slot_of_) {
+    if (counts_[slot] > 0) slots.push_back(slot);  // reserved ids no map was added to are left out
+  }
   return slots;
 }
 
 std::vector<int64_t> ElementSums::ids() const {
   std::vector<int64_t> out;
   out.reserve(slot_of_.size());
-  for (const auto& [id, slot] : slot_of_) out.push_back(id);
+  for (const auto& [id, slot] : slot_of_) {
+    if (counts_[slot] > 0) out.push_back(id);
+  }
   return out;
 }
 

@@ -14,6 +14,10 @@ namespace mi {
 // the result deterministic on every device and equal to a sequential float32 sum.
 class ElementSums {
  public:
+  // The element ids a run will add (known from its plan before the first batch): the sums are then
+  // allocated once, at the first `add`, instead of growing by one row per new id. Only before any `add`.
+  void reserve(const std::vector<int64_t>& ids);
+
   // maps: (B, *element_shape) on any device; ids: B element ids.
   void add(const at::Tensor& maps, const std::vector<int64_t>& ids);
 
@@ -21,7 +25,6 @@ class ElementSums {
   std::vector<int64_t> counts() const;  // one per id, same order
   at::Tensor sums() const;              // (n_ids, *element_shape), same order
   at::Tensor means() const;             // sums / counts, float32
-  bool empty() const { return slot_of_.empty(); }
 
  private:
   std::vector<int64_t> sorted_slots() const;

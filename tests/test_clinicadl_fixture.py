@@ -9,6 +9,8 @@ run with maps-interpret instead of `clinicadl interpret`, writes the same files 
 - `avx2`: the `compat` commands with oneDNN and ATen limited to AVX2, on a CPU that has more: every map is
   within 1e-5 of one of ClinicaDL's CPU kinds, no flip allowed (so the flips of the native run are the
   kernels' rounding, not a defect);
+- `device`: the `compat` commands with `--preprocess_on device` (the GPU's data path, run on the CPU): judged
+  as `compat`;
 - `cuda`: the `compat` commands on a GPU (cuDNN is judged as one more kind: the flip criterion).
 
 Maps are judged by the rules of parity.py (same-kind reference within 1e-5, or another kind's, or the flip
@@ -35,7 +37,7 @@ pytestmark = pytest.mark.slow
 ROOT = fixture_root()
 MAPS_LOGS = {"maps_image_cls": "commands.log", "maps_slice_reg": "commands_more.log",
              "maps_patch_cls": "commands_more.log"}
-COMPAT_RUNS = ("compat", "avx2", "cuda")
+COMPAT_RUNS = ("compat", "avx2", "device", "cuda")
 
 
 def fixture_commands(maps_name: str) -> list[list[str]]:
@@ -73,7 +75,7 @@ def needs(run: str) -> list:
     return []
 
 
-RUNS = [pytest.param(run, marks=needs(run)) for run in ("compat", "default", "avx2", "cuda")]
+RUNS = [pytest.param(run, marks=needs(run)) for run in ("compat", "default", "avx2", "device", "cuda")]
 FOLDERS = reference_folders() or [pytest.param("", "", marks=pytest.mark.skip(reason="ClinicaDL fixture not found"))]
 
 
@@ -92,6 +94,8 @@ def fixture_runs(clinicadl_fixture, tmp_path_factory):
                     args = args + ["--compat", "clinicadl"]
                 if run == "cuda":
                     args = ["--gpu" if word == "--no-gpu" else word for word in args]
+                if run == "device":
+                    args = args + ["--preprocess_on", "device"]
                 result = run_cli(args, work, AVX2_EMULATION if run == "avx2" else None)
                 assert result.returncode == 0, f"{shlex.join(args)}\n{result.stderr}"
                 assert f"on {'cuda' if run == 'cuda' else 'cpu'}" in result.stderr

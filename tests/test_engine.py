@@ -56,6 +56,35 @@ def test_maps_and_sums_equal_the_reference(builder, input_size, device):
         assert close(engine.sums()[element], twin.sums()[element])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_reserved_element_ids_give_the_same_sums(device):
+    """Sums allocated once from the plan's ids equal sums grown id by id; ids never seen are not reported,
+    and an id nobody reserved still gets its own row."""
+    scripted = to_torchscript(random_model(conv5_fc3, (1, 9, 8, 7)))
+    grown = Engine(scripted, device=device)
+    reserved = Engine(scripted, device=device, element_ids=[5, 0, 3, 9])
+    generator = torch.Generator().manual_seed(2)
+    for ids in ([3, 0, 3], [5], [0, 7]):
+        batch = torch.randn(len(ids), 1, 9, 8, 7, generator=generator)
+        grown.accumulate(batch, ids)
+        reserved.accumulate(batch, ids)
+    assert reserved.counts() == grown.counts() == {0: 2, 3: 2, 5: 1, 7: 1}
+    for element, total in grown.sums().items():
+        assert torch.equal(reserved.sums()[element], total)
+    for element, mean in grown.means().items():
+        assert torch.equal(reserved.means()[element], mean)
+    late = Engine(scripted, device=device)
+    late.accumulate(torch.randn(1, 1, 9, 8, 7), [0])
+    with pytest.raises(EngineError, match="maps were already added"):
+        _reserve(late, [1])
+
+
+def _reserve(engine: Engine, ids: list[int]) -> None:
+    from maps_interpret.engine import _core_call
+
+    _core_call(engine._core.reserve, ids)
+
+
 def test_gradient_is_of_the_target_node_only():
     model = random_model(conv5_fc3, (1, 8, 8, 8), outputs=2)
     x = torch.randn(2, 1, 8, 8, 8)

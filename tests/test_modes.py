@@ -132,6 +132,24 @@ def test_maps_names_and_means(mode_maps, tmp_path, monkeypatch, method):
             assert_close_to_reference(clinicadl, total / (len(sessions) * len(elements)), f"compat {mode}-{element}")
 
 
+def test_preprocessing_on_the_device_gives_the_loaders_maps(mode_maps, tmp_path, monkeypatch):
+    """GPU runs cut and normalise on the device (--preprocess_on auto); here the same path runs on the CPU."""
+    case, source = mode_maps
+    root = tmp_path / "demo"
+    shutil.copytree(source, root)
+    monkeypatch.chdir(root)
+    group = ["--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps"]  # a new group, then existing
+    options = ["--no-gpu", "--batch_size", "4", "--save_individual", "-np", "1"]
+    assert main(["maps", "test", "loader", "gradients", *group, *options]) == 0
+    assert main(["maps", "test", "device", "gradients", *options, "--preprocess_on", "device"]) == 0
+    base = root / "maps" / "split-0" / "best-loss" / "test"
+    loader = sorted(p.name for p in (base / "interpret-loader").iterdir())
+    assert loader == sorted(p.name for p in (base / "interpret-device").iterdir()) and len(loader) > 2
+    for name in loader:
+        assert torch.equal(torch.load(base / "interpret-loader" / name, weights_only=True),
+                           torch.load(base / "interpret-device" / name, weights_only=True)), name
+
+
 def test_element_file_names_follow_clinicadl(tmp_path):
     from maps_interpret.elements import PatchLayout, RoiLayout, SliceLayout
 

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from . import engine as _engine  # noqa: F401  (loads and checks the C++ core now: a torch mismatch fails first)
 from . import writers
-from .caps import SessionDataset, prefetch, rebatch, session_items
+from .caps import DevicePreprocess, SessionDataset, prefetch, rebatch, session_items
 from .config import InterpretConfig
 from .errors import MapsInterpretError
 from .groups import commit_group
@@ -92,9 +92,6 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
     config, maps = plan.config, plan.maps
     mode = maps.mode
     gpu = plan.device != "cpu"
-    if gpu:  # one image size per MAPS: autotuning pays off unless runs must be repeatable
-        torch.backends.cudnn.benchmark = not config.deterministic
-        torch.backends.cudnn.deterministic = config.deterministic
     engines = []
     start = time.perf_counter()
     for job in data_pass.jobs:
@@ -103,21 +100,26 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
         try:
             engine = Engine(_export(plan, job), device=plan.device, method=config.method, target=config.target_node,
                             amp=_amp_dtype() if config.amp else None,
-                            cam_variant="clinicadl" if config.compat == "clinicadl" else "published")
+                            cam_variant="clinicadl" if config.compat == "clinicadl" else "published",
+                            deterministic=config.deterministic, element_ids=data_pass.element_ids)
         except EngineError as error:
             raise MapsInterpretError(f"{job.model_path}: {error}") from None
         engines.append((job, engine, staging.new_dir()))
     summary.engine_seconds += time.perf_counter() - start
 
+    on_device = config.preprocess_on == "device" or (config.preprocess_on == "auto" and gpu)
     dataset = SessionDataset(data_pass.sessions, data_pass.layout, Preprocess.from_params(maps.params),
-                             maps.input_size, data_pass.element_ids)
+                             maps.input_size, data_pass.element_ids, raw=on_device)
     progress = tqdm(total=data_pass.n_elements, unit=mode, desc=f"{config.data_group}/{config.name}", disable=None,
                     leave=False, dynamic_ncols=True)
     start = time.perf_counter()
     first = True
     with progress, writers.BackgroundWriter() as background:
         items = session_items(dataset, config.n_proc)  # loader processes start here, in the main thread
-        for batch in prefetch(rebatch(items, config.batch_size, pin=gpu), depth=2 if gpu else 0):
+        batches = (DevicePreprocess(dataset, plan.device, config.batch_size)(items) if on_device
+                   else rebatch(items, config.batch_size, pin=gpu))
+        for batch in prefetch(batches, depth=2 if gpu else 0):
+            batch.wait()  # GPU: the batch was made on another stream
             for job, engine, folder in engines:
                 try:
                     maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=config.save_individual)

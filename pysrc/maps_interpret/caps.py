@@ -12,6 +12,7 @@ import math
 import os
 import threading
 from collections import deque
+from contextlib import nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,80 +121,109 @@ def load_tensor(path: Path, mmap: bool = False) -> torch.Tensor:
     return value if mmap else value.to(torch.float32)
 
 
-def check_element(x: torch.Tensor, input_size: tuple, path: Path) -> None:
-    if tuple(x.shape) != input_size:
-        raise MapsInterpretError(f"{path}: after preprocessing the element has shape {tuple(x.shape)} but the "
-                                 f"model was trained on {input_size} (maps.json input_size)")
-    if not torch.isfinite(torch.stack(torch.aminmax(x))).all():  # min/max propagate NaN; inf shows at an end
-        raise MapsInterpretError(f"{path}: the preprocessed element holds NaN or infinite values (a constant "
-                                 "image cannot be min-max normalised); exclude this session from the TSV")
+def shape_message(path: Path, shape: tuple, input_size: tuple) -> str:
+    return (f"{path}: after preprocessing the element has shape {shape} but the model was trained on "
+            f"{input_size} (maps.json input_size)")
+
+
+def non_finite_message(path: Path) -> str:
+    return (f"{path}: the preprocessed element holds NaN or infinite values (a constant image cannot be min-max "
+            "normalised); exclude this session from the TSV")
 
 
 @dataclass
 class SessionItem:
-    """All elements of one session, preprocessed: (E, C, *spatial), or the error that prevented it."""
+    """One session: its preprocessed elements (E, C, *spatial); or, with `raw`, what was read for them (the
+    image as (1, C, *spatial), or the E pre-extracted elements), left to `DevicePreprocess`; or the error
+    that prevented either."""
 
     elements: Optional[torch.Tensor]
     element_ids: list[int]
     session_index: int
     error: Optional[str] = None
+    raw: bool = False
 
 
 class SessionDataset(Dataset):
     """One item per session (its image is read once, whatever the number of elements); `rebatch` cuts
-    the stream of elements into batches exactly as ClinicaDL's flat, session-major dataset does."""
+    the stream of elements into batches exactly as ClinicaDL's flat, session-major dataset does.
+
+    With `raw`, items hold the tensors as read (made contiguous) and the cuts, checks and normalisation
+    happen later on the compute device (`DevicePreprocess`); otherwise here, in the loader worker."""
 
     def __init__(self, sessions: Sequence[Session], layout, preprocess: Preprocess, input_size: Sequence[int],
-                 element_ids: Sequence[int]):
+                 element_ids: Sequence[int], raw: bool = False):
         self.sessions = list(sessions)
         self.layout = layout
         self.preprocess = preprocess
         self.input_size = tuple(input_size)
         self.element_ids = list(element_ids)
+        self.raw = raw
 
     def __len__(self) -> int:
         return len(self.sessions)
 
     @property
     def item_bytes(self) -> int:
-        """Size of one session's preprocessed elements (float32)."""
-        return 4 * len(self.element_ids) * math.prod(self.input_size)
+        """Size of what one item hands over (float32): the preprocessed elements, or what was read."""
+        elements = 4 * len(self.element_ids) * math.prod(self.input_size)
+        if not self.raw or self.layout.prepare_dl or not self.sessions:
+            return elements
+        image = load_tensor(self.sessions[0].tensor_path, mmap=True)  # the header only
+        return max(elements, 4 * image.numel())
 
     def __getitem__(self, index: int) -> SessionItem:
         session = self.sessions[index]
+        # In a loader worker the result goes to the main process through shared memory: writing it there
+        # from the start saves the copy torch would make when sending it (one per image).
+        shared = get_worker_info() is not None
         try:
-            # In a loader worker the result goes to the main process through shared memory: allocating it
-            # there from the start saves the copy torch would make when sending it (one per image).
+            read, paths = self._read(session)
+            if self.raw:
+                out = torch.empty(read.shape)
+                if shared:
+                    out.share_memory_()
+                return SessionItem(out.copy_(read), list(self.element_ids), index, raw=True)
+            elements = read if self.layout.prepare_dl else self.layout.cut(read)
+            shape = self.preprocess.output_shape(tuple(elements.shape[1:]))
+            if shape != self.input_size:
+                raise MapsInterpretError(shape_message(paths[0], shape, self.input_size))
             out = torch.empty((len(self.element_ids), *self.input_size))
-            if get_worker_info() is not None:
+            if shared:
                 out.share_memory_()
-            for target, (element, path) in zip(out, self._raw_elements(session)):
-                value = self.preprocess(element, out=target)
-                check_element(value, self.input_size, path)
-                if value is not target:
-                    target.copy_(value)
-            return SessionItem(out, list(self.element_ids), index)
+            # Contiguous first: ClinicaDL's tensors are transposed on disk, and reductions over them are slow.
+            elements = out.copy_(elements) if elements.shape == out.shape else elements.contiguous()
+            values, bad = self.preprocess.batch(elements, out=out)
+            if bool(bad.any()):
+                raise MapsInterpretError(non_finite_message(paths[int(bad.nonzero()[0]) % len(paths)]))
+            return SessionItem(values, list(self.element_ids), index)
         except MapsInterpretError as error:
             return SessionItem(None, [], index, str(error))
 
-    def _raw_elements(self, session: Session) -> Iterator[tuple[torch.Tensor, Path]]:
-        """Each element of the session before preprocessing, with the file it comes from."""
+    def _read(self, session: Session) -> tuple[torch.Tensor, list[Path]]:
+        """The session's image as (1, C, *spatial), or its pre-extracted elements (E, C, *spatial), with the
+        file(s) they come from."""
         if self.layout.prepare_dl:
+            paths, tensors = [], []
             for element in self.element_ids:
                 path = self.layout.element_file(session.tensor_path, element)
                 if not path.is_file():
                     raise MapsInterpretError(f"{path} does not exist (maps.json says prepare_dl: true): extract "
                                              f"the {self.layout.mode} tensors with `clinicadl prepare-data`")
-                yield load_tensor(path), path
-            return
+                tensor = load_tensor(path)
+                shape = self.preprocess.output_shape(tuple(tensor.shape))
+                if shape != self.input_size:
+                    raise MapsInterpretError(shape_message(path, shape, self.input_size))
+                paths.append(path)
+                tensors.append(tensor)
+            return torch.stack(tensors), paths
         image = load_tensor(session.tensor_path)
         ids = self.layout.element_ids(tuple(image.shape))
         if ids != self.element_ids:
             raise MapsInterpretError(f"{session.tensor_path}: image of shape {tuple(image.shape)} gives "
                                      f"{len(ids)} {self.layout.mode}(s), the first image of the group "
                                      f"{len(self.element_ids)}; all images must have the same size")
-        for element in ids:
-            yield self.layout.extract(image, element), session.tensor_path
+        return image.unsqueeze(0), [session.tensor_path]
 
 
 def shared_memory_free(path: Path = SHARED_MEMORY) -> Optional[int]:
@@ -243,6 +273,103 @@ class Batch:
     images: torch.Tensor
     element_ids: list[int]
     session_index: list[int]
+    ready: Optional["torch.cuda.Event"] = None  # recorded on the stream that made `images` (GPU only)
+
+    def wait(self) -> None:
+        """Makes the current CUDA stream wait until `images` is ready, and keeps its memory from being reused
+        before the work queued on that stream is done."""
+        if self.ready is not None:
+            stream = torch.cuda.current_stream(self.images.device)
+            stream.wait_event(self.ready)
+            self.images.record_stream(stream)
+
+
+class DevicePreprocess:
+    """Raw items (`SessionDataset(raw=True)`) to batches of preprocessed elements on `device`, in ClinicaDL's
+    session-major order: the items of a batch are gathered in one host buffer (pinned for a GPU), sent with
+    one copy, then cut, checked and normalised there (`layout.cut`, `Preprocess.batch`: the loader's values
+    bit for bit). On a GPU this runs on a stream of its own, so copies and preprocessing overlap the models'
+    work; each batch carries the event its consumer waits for (`Batch.wait`). Every model of a pass then
+    uses the same device copy."""
+
+    def __init__(self, dataset: SessionDataset, device: torch.device, batch_size: int):
+        self.dataset = dataset
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+
+    def _path(self, session_index: int, element_position: int) -> Path:
+        session = self.dataset.sessions[session_index]
+        if self.dataset.layout.prepare_dl:
+            return self.dataset.layout.element_file(session.tensor_path, self.dataset.element_ids[element_position])
+        return session.tensor_path
+
+    def _elements(self, group: list[SessionItem]) -> torch.Tensor:
+        cuda = self.device.type == "cuda"
+        raws = [item.elements for item in group]
+        host = torch.empty((sum(r.shape[0] for r in raws), *raws[0].shape[1:]), pin_memory=cuda)
+        torch.cat(raws, out=host)
+        x = host.to(self.device, non_blocking=cuda)
+        data = self.dataset
+        elements = x if data.layout.prepare_dl else data.layout.cut(x)
+        shape = data.preprocess.output_shape(tuple(elements.shape[1:]))
+        if shape != data.input_size:
+            raise MapsInterpretError(shape_message(self._path(group[0].session_index, 0), shape, data.input_size))
+        values, bad = data.preprocess.batch(elements.contiguous())
+        if bool(bad.any()):  # on a GPU, waits for this stream only
+            position = int(bad.nonzero()[0])
+            n = len(data.element_ids)
+            raise MapsInterpretError(non_finite_message(self._path(group[position // n].session_index, position % n)))
+        return values
+
+    def __call__(self, items: Iterable[SessionItem]) -> Iterator[Batch]:
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        n = max(1, len(self.dataset.element_ids))
+        pending: list[tuple[torch.Tensor, list[int], list[int]]] = []  # elements, ids, session indices
+        group: list[SessionItem] = []
+
+        def waiting() -> int:
+            return sum(len(ids) for _, ids, _ in pending)
+
+        def flush() -> None:
+            if group:
+                with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                    values = self._elements(group)
+                ids = [e for item in group for e in item.element_ids]
+                sessions = [item.session_index for item in group for _ in item.element_ids]
+                pending.append((values, ids, sessions))
+                group.clear()
+
+        def take(count: int) -> Batch:
+            parts, ids, sessions = [], [], []
+            while len(ids) < count:
+                values, chunk_ids, chunk_sessions = pending.pop(0)
+                k = min(count - len(ids), len(chunk_ids))
+                parts.append(values[:k])
+                ids += chunk_ids[:k]
+                sessions += chunk_sessions[:k]
+                if k < len(chunk_ids):
+                    pending.insert(0, (values[k:], chunk_ids[k:], chunk_sessions[k:]))
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
+                images = parts[0] if len(parts) == 1 else torch.cat(parts)
+                ready = None
+                if stream is not None:
+                    ready = torch.cuda.Event()
+                    ready.record(stream)
+            return Batch(images, ids, sessions, ready)
+
+        for item in items:
+            if item.error is not None:
+                raise MapsInterpretError(item.error)
+            if group and group[0].elements.shape[1:] != item.elements.shape[1:]:
+                flush()  # one host buffer holds tensors of one shape
+            group.append(item)
+            if waiting() + len(group) * n >= self.batch_size:
+                flush()
+            while waiting() >= self.batch_size:
+                yield take(self.batch_size)
+        flush()
+        if waiting():
+            yield take(waiting())
 
 
 def rebatch(items: Iterable[SessionItem], batch_size: int, pin: bool = False) -> Iterator[Batch]:
@@ -259,6 +386,8 @@ def rebatch(items: Iterable[SessionItem], batch_size: int, pin: bool = False) ->
     for item in items:
         if item.error is not None:
             raise MapsInterpretError(item.error)
+        if item.raw:
+            raise AssertionError("rebatch takes preprocessed items; raw ones go through DevicePreprocess")
         pending.extend(zip(item.elements.unbind(0), item.element_ids, [item.session_index] * len(item.element_ids)))
         while len(pending) >= batch_size:
             yield emit(pending[:batch_size])

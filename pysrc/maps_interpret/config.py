@@ -14,6 +14,7 @@ from typing import Optional
 
 METHODS = ("gradients", "grad-cam")
 COMPAT = ("clinicadl",)
+PREPROCESS_ON = ("auto", "loader", "device")
 DEFAULT_SELECTION_METRICS = ("loss",)
 
 
@@ -80,6 +81,10 @@ class InterpretConfig:
         "--compat", type=str, choices=COMPAT, metavar="clinicadl",
         help="Reproduce ClinicaDL 1.6.1's numbers where they differ: its mean of patch/slice/roi maps "
              "(divided again by the elements per image) and its Grad-CAM variant."))
+    preprocess_on: str = field(default="auto", metadata=_opt(
+        "--preprocess_on", type=str, choices=PREPROCESS_ON,
+        help="Where images are cut, checked and normalised: by the loader workers (on CPU cores), or on the "
+             "compute device after one copy per batch (default auto: on the GPU, else the loader; same values)."))
     verbose: bool = field(default=False, metadata=_opt(
         "-v", "--verbose", help="Debug logging, and a traceback on errors."))
 

@@ -2,8 +2,10 @@
 (ClinicaDL 1.6.1, facts §5). An element id is ClinicaDL's `<mode>_id`: 0 for images, the patch index,
 the slice index in the volume (discarded slices included), the index in `roi_list`.
 
-Every layout gives `element_ids(image_shape)` and `extract(image, element_id)`; with `prepare_dl`,
-`element_file(image_tensor_path, element_id)` names the pre-extracted tensor to read instead.
+Every layout gives `element_ids(image_shape)`, `extract(image, element_id)` (one element, ClinicaDL's way: the
+reference) and `cut(images)` (every element of a stack of images at once, on the images' device, the same
+values); with `prepare_dl`, `element_file(image_tensor_path, element_id)` names the pre-extracted tensor to
+read instead.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class ImageLayout:
     def extract(self, image: torch.Tensor, element: int) -> torch.Tensor:
         return image
 
+    def cut(self, images: torch.Tensor) -> torch.Tensor:
+        return images
+
     def element_file(self, image_path: Path, element: int) -> Path:
         raise AssertionError("image mode reads the image tensor itself")
 
@@ -69,6 +74,13 @@ class PatchLayout:
         d, h, w = (int(p) * self.stride for p in position)
         s = self.size
         return image[:, d:d + s, h:h + s, w:w + s].clone()
+
+    def cut(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, D, H, W) -> (N * patches, C, s, s, s), patches row-major over the grid as `extract` numbers them."""
+        n, c = images.shape[:2]
+        s, t = self.size, self.stride
+        grid = images.unfold(2, s, t).unfold(3, s, t).unfold(4, s, t)  # (N, C, gd, gh, gw, s, s, s)
+        return grid.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(-1, c, s, s, s)
 
     def element_file(self, image_path: Path, element: int) -> Path:
         prefix, suffix = _split_name(image_path)
@@ -103,6 +115,16 @@ class SliceLayout:
             plane = torch.cat((plane, plane, plane))
         return plane.clone()
 
+    def cut(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 1, *3D) -> (N * slices, 1 or 3, *2D)."""
+        ids = self.element_ids(tuple(images.shape[1:]))
+        planes = images.narrow(self.direction + 2, ids[0], len(ids)).movedim(self.direction + 2, 1)
+        planes = planes.reshape(-1, *planes.shape[2:])  # (N * slices, C, *2D)
+        if self.slice_mode == "rgb":
+            planes = planes.expand(-1, 3 * planes.shape[1], *planes.shape[2:]) if planes.shape[1] == 1 \
+                else torch.cat((planes, planes, planes), dim=1)
+        return planes.contiguous()
+
     def element_file(self, image_path: Path, element: int) -> Path:
         prefix, suffix = _split_name(image_path)
         return (_based_dir(image_path, "slice") / f"{prefix}_axis-{SLICE_AXES[self.direction]}"
@@ -126,14 +148,30 @@ class RoiLayout:
                                          f"{tuple(image_shape[1:])}")
         return list(range(len(self.masks)))
 
+    _on_device: dict = field(default_factory=dict, compare=False, repr=False)  # (element, device) -> mask, crop
+
+    def _mask(self, element: int, device: torch.device) -> tuple[torch.Tensor, Optional[tuple]]:
+        key = (element, str(device))
+        if key not in self._on_device:  # once per region and device, not once per image
+            mask = self.masks[element]
+            mask = mask[np.newaxis] if mask.ndim == 3 else mask
+            keep = None if self.uncropped else np.ix_(
+                *[np.flatnonzero(mask.any(axis=tuple(a for a in range(4) if a != axis))) for axis in range(4)])
+            self._on_device[key] = (torch.from_numpy(mask).to(device), keep)
+        return self._on_device[key]
+
     def extract(self, image: torch.Tensor, element: int) -> torch.Tensor:
-        mask = self.masks[element]
-        mask = mask[np.newaxis] if mask.ndim == 3 else mask
-        region = image.double() * torch.from_numpy(mask)  # as ClinicaDL: float64 product, then float32
-        if not self.uncropped:
-            keep = [np.flatnonzero(mask.any(axis=tuple(a for a in range(4) if a != axis))) for axis in range(4)]
-            region = region[np.ix_(*keep)]
+        mask, keep = self._mask(element, image.device)
+        region = image.double() * mask  # as ClinicaDL: float64 product, then float32
+        if keep is not None:
+            region = region[keep]
         return region.float().clone()
+
+    def cut(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, *3D) -> (N * regions, C, *region), regions per image in `roi_list` order."""
+        parts = [torch.stack([self.extract(image, element) for element in range(len(self.masks))])
+                 for image in images]
+        return torch.cat(parts) if parts else images.new_empty((0, *images.shape[1:]))
 
     def element_file(self, image_path: Path, element: int) -> Path:
         name = image_path.name

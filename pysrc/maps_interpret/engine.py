@@ -78,15 +78,17 @@ class Engine:
     copy); for `method="grad-cam"` it must have `trunk` and `head` submodules (`models.export.to_torchscript_cam`).
     `target` is the output node whose gradient is mapped; `amp` the autocast dtype of the forward pass
     (None: float32); `cam_variant` "published" (default) or "clinicadl" (ClinicaDL 1.6.1's Grad-CAM);
-    `channels_last` runs on channels-last copies of the batches (faster kernels, other rounding: off by
-    default, see models/fast.py); `count_zeros` counts
+    `deterministic` (CUDA) deterministic cuDNN algorithms instead of autotuning; `element_ids`, when known,
+    the element ids of every batch to come (their sums are then allocated once); `count_zeros` counts
     exactly-zero map values (None: with `amp`, where they reveal underflow). Calls release the GIL while computing.
+    On CUDA, creating an engine sets the process's device policy (csrc/engine.cpp: cuDNN autotuning unless
+    `deterministic`, IEEE float32 convolutions and matmuls unless `amp`).
     """
 
     def __init__(self, model: Union[str, os.PathLike, torch.jit.ScriptModule], *, device: str = "cpu",
                  method: str = "gradients", target: int = 0, amp: Optional[torch.dtype] = None,
-                 cam_variant: str = "published", channels_last: bool = False,
-                 count_zeros: Optional[bool] = None):
+                 cam_variant: str = "published", deterministic: bool = False,
+                 element_ids: Optional[Sequence[int]] = None, count_zeros: Optional[bool] = None):
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of None, torch.bfloat16, torch.float16; got {amp}")
         if method not in ("gradients", "grad-cam"):
@@ -98,7 +100,7 @@ class Engine:
         options = _core.EngineOptions()
         options.device, options.method, options.target, options.amp = str(device), method, int(target), AMP_DTYPES[amp]
         options.cam_variant = cam_variant
-        options.channels_last = bool(channels_last)
+        options.deterministic = bool(deterministic)
         options.count_zeros = amp is not None if count_zeros is None else bool(count_zeros)
         if isinstance(model, (str, os.PathLike)):
             self._core = _core_call(_core.Engine.from_file, os.fspath(model), options)
@@ -106,6 +108,8 @@ class Engine:
             self._core = _core_call(_core.Engine.create, model._c, options)
         else:
             raise TypeError(f"model must be a TorchScript path or torch.jit.ScriptModule, got {type(model).__name__}")
+        if element_ids is not None:
+            _core_call(self._core.reserve, [int(i) for i in element_ids])
 
     @property
     def device(self) -> torch.device:

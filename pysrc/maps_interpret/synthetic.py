@@ -46,6 +46,13 @@ def make_image(shape: Sequence[int], diagnosis: str, generator: torch.Generator)
     return (scale * (brain * (1 + contrast * blob) + noise)).unsqueeze(0).float()
 
 
+def prepare_data_layout(image: torch.Tensor) -> torch.Tensor:
+    """The image with the strides `clinicadl prepare-data` saves (from nibabel's Fortran-ordered arrays: the
+    first spatial axis varies fastest), so that the loader meets here what it meets in a real CAPS."""
+    flipped = [0, *range(image.dim() - 1, 0, -1)]
+    return image.permute(flipped).contiguous().permute(flipped)
+
+
 def tensor_path(caps: Path, participant: str, session: str) -> Path:
     return (caps / "subjects" / participant / session / "deeplearning_prepare_data" / "image_based" / "t1_linear"
             / f"{participant}_{session}_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.pt")
@@ -56,7 +63,7 @@ def write_caps(caps: Path, sessions: Sequence[SessionSpec], shape: Sequence[int]
     for spec in sessions:
         path = tensor_path(caps, spec.participant_id, spec.session_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(make_image(shape, spec.diagnosis, generator), path)
+        torch.save(prepare_data_layout(make_image(shape, spec.diagnosis, generator)), path)
     (caps / "tensor_extraction").mkdir(parents=True, exist_ok=True)
     (caps / "tensor_extraction" / "extract_image.json").write_text(json.dumps(
         {"preprocessing": "t1-linear", "mode": "image", "use_uncropped_image": False, "prepare_dl": False,

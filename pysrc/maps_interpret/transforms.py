@@ -35,6 +35,16 @@ def size_reduction(x: torch.Tensor, factor: int) -> torch.Tensor:
     return x[:, d0:d1:ds, h0:h1:hs, w0:w1:ws]
 
 
+def size_reduction_batch(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """`size_reduction` of every element of (N, C, D, H, W) at once (a view)."""
+    (d0, d1, ds), (h0, h1, hs), (w0, w1, ws) = SIZE_REDUCTION[factor]
+    return x[:, :, d0:d1:ds, h0:h1:hs, w0:w1:ws]
+
+
+def _per_element(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.view((-1,) + (1,) * (like.dim() - 1))
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Picklable (DataLoader workers) composition of the transforms a MAPS asks for."""
@@ -53,8 +63,8 @@ class Preprocess:
         return cls(normalize=bool(params["normalize"]), size_reduction_factor=factor)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """The preprocessed element; written into `out` (and returned) when given and of the right shape,
-        else a new tensor. Never modifies `x`."""
+        """One element, transform by transform as ClinicaDL applies them (the reference of `batch`); written
+        into `out` (and returned) when given and of the right shape, else a new tensor. Never modifies `x`."""
         x = nan_removal(x)
         if self.normalize and self.size_reduction_factor is None and out is not None and out.shape == x.shape:
             return min_max(x, out=out)
@@ -63,3 +73,40 @@ class Preprocess:
         if self.size_reduction_factor is not None:
             x = size_reduction(x, self.size_reduction_factor)
         return x
+
+    def output_shape(self, shape: tuple) -> tuple:
+        """The shape of one element (C, *spatial) after preprocessing."""
+        if self.size_reduction_factor is None:
+            return tuple(shape)
+        return tuple(size_reduction(torch.empty(shape, device="meta"), self.size_reduction_factor).shape)
+
+    def batch(self, x: torch.Tensor, out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every element of `x` (N, C, *spatial), on its own device, with the values `__call__` gives each one
+        bit for bit: the same float32 operations with per-element extremes (one reduction pass for both).
+        Returns the elements (written into `out` when given; `out` may be `x` itself) and an (N,) bool tensor
+        marking those that hold NaN or infinite values afterwards. Pass a contiguous `x`: reductions over a
+        strided tensor (ClinicaDL's prepare-data tensors are transposed) run several times slower."""
+        if x.shape[0] == 0:
+            return (x if out is None else out), torch.zeros(0, dtype=torch.bool, device=x.device)
+        low, high = x.reshape(x.shape[0], -1).aminmax(dim=1)  # NaN propagates to both
+        with_nan = torch.isnan(low)
+        if bool(with_nan.any()):  # ClinicaDL's NanRemoval, only in the elements that hold a NaN
+            x = torch.where(_per_element(with_nan, x), torch.nan_to_num(x), x)
+            low, high = x.reshape(x.shape[0], -1).aminmax(dim=1)
+        if self.normalize:
+            span = high - low
+            y = torch.sub(x, _per_element(low, x), out=out if out is not None and out.shape == x.shape else None)
+            y.div_(_per_element(span, y))
+            # (x - low) lies in [0, span] after rounding: finite extremes and a finite, positive span bound it.
+            surely_finite = torch.isfinite(low) & torch.isfinite(span) & (span > 0)
+        else:
+            y = x
+            surely_finite = torch.isfinite(low) & torch.isfinite(high)  # the values lie between the two
+        if self.size_reduction_factor is not None:
+            y = size_reduction_batch(y, self.size_reduction_factor)
+        if out is not None and y.data_ptr() != out.data_ptr():
+            y = out.copy_(y)
+        bad = ~surely_finite
+        if bool(bad.any()):  # rare: decide exactly, on the output
+            bad = ~torch.isfinite(y.reshape(y.shape[0], -1)).all(dim=1)
+        return y, bad
