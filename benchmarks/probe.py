@@ -5,7 +5,9 @@ the strides `clinicadl prepare-data` writes), run as users run it, against one p
 `torch.load`s the same files. Alternating, after a warm-up that brings the files into the page cache.
 
     python benchmarks/probe.py [--sessions 256] [--batch_size 8] [-np 2] [--repeats 3] [--out bench-out]
-          [--preprocess_on loader device]
+          [--variants threads:loader processes:loader ...] [--baseline DIR]
+--baseline: also time an earlier build of the package installed in DIR (pip install --target DIR), run with
+PYTHONPATH=DIR and the options it knows (no --reader, --preprocess_on).
 Prints a table (and writes probe.md / probe.json under --out): images/s of each variant and its ratio to the
 read floor.
 """
@@ -90,9 +92,10 @@ def floor_rate(files: list[str]) -> float:
     return float(out.stdout.strip())
 
 
-def command_rate(cli: list[str], n: int) -> tuple[float, float]:
+def command_rate(cli: list[str], n: int, pythonpath: str | None = None) -> tuple[float, float]:
+    env = None if pythonpath is None else {**os.environ, "PYTHONPATH": pythonpath}
     start = time.perf_counter()
-    result = subprocess.run(cli, capture_output=True, text=True)
+    result = subprocess.run(cli, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"{' '.join(cli)} failed:\n{result.stderr[-3000:]}")
@@ -107,7 +110,8 @@ def main() -> None:
     parser.add_argument("-np", "--n_proc", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
-    parser.add_argument("--preprocess_on", nargs="+", default=["loader"], choices=["loader", "device"])
+    parser.add_argument("--baseline", type=Path, help="an earlier build, installed with pip install --target")
+    parser.add_argument("--variants", nargs="+", default=["threads:loader"], help="READER:PREPROCESS_ON pairs")
     args = parser.parse_args()
     data = make_data(args.out / "probe-data", args.sessions)
     files = session_files(data["caps"])
@@ -120,10 +124,17 @@ def main() -> None:
     loops: dict[str, list[float]] = {}
     for repeat in range(args.repeats):
         rates["floor"].append(floor_rate(files))
-        for place in args.preprocess_on:
-            wall, loop = command_rate(base + [place, *options, "--preprocess_on", place], args.sessions)
-            rates.setdefault(place, []).append(wall)
-            loops.setdefault(place, []).append(loop)
+        if args.baseline is not None:
+            wall, loop = command_rate(base + ["baseline", *options], args.sessions, str(args.baseline.resolve()))
+            rates.setdefault("baseline", []).append(wall)
+            loops.setdefault("baseline", []).append(loop)
+        for variant in args.variants:
+            reader, place = variant.split(":")
+            name = f"{reader}-{place}"
+            wall, loop = command_rate(base + [name, *options, "--reader", reader, "--preprocess_on", place],
+                                      args.sessions)
+            rates.setdefault(variant, []).append(wall)
+            loops.setdefault(variant, []).append(loop)
         print(f"repeat {repeat}: " + ", ".join(f"{k} {v[-1]:.1f}/s" for k, v in rates.items()), file=sys.stderr)
     median = {name: statistics.median(values) for name, values in rates.items()}
     device = f"CPU, {os.cpu_count()} cores ({platform.processor() or platform.machine()}), {torch.backends.cpu.get_cpu_capability()}"
@@ -132,9 +143,13 @@ def main() -> None:
              f"--batch_size {args.batch_size}; medians of {args.repeats} alternating runs", "",
              "| variant | images/s (process start to exit) | loop images/s | / read floor |", "|---|---|---|---|",
              f"| read floor: one process, torch.load only | {median['floor']:.1f} | | 1.00 |"]
-    for place in args.preprocess_on:
-        lines.append(f"| maps-interpret --preprocess_on {place} | {median[place]:.1f} | "
-                     f"{statistics.median(loops[place]):.1f} | {median[place] / median['floor']:.2f} |")
+    if args.baseline is not None:
+        lines.append(f"| baseline ({args.baseline}) | {median['baseline']:.1f} | "
+                     f"{statistics.median(loops['baseline']):.1f} | {median['baseline'] / median['floor']:.2f} |")
+    for variant in args.variants:
+        reader, place = variant.split(":")
+        lines.append(f"| maps-interpret --reader {reader} --preprocess_on {place} | {median[variant]:.1f} | "
+                     f"{statistics.median(loops[variant]):.1f} | {median[variant] / median['floor']:.2f} |")
     text = "\n".join(lines)
     print(text)
     (args.out / "probe.md").write_text(text + "\n")

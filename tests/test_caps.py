@@ -217,7 +217,7 @@ def test_loader_processes_or_threads_by_free_shared_memory(tmp_path, monkeypatch
     monkeypatch.setattr(SessionDataset, "__getitem__", lambda self, i: (
         used.append(threading.current_thread().name), real_get(self, i))[1])
     with caplog.at_level("INFO", logger="maps_interpret"):
-        items = list(caps.session_items(dataset, 2))
+        items = list(caps.session_items(dataset, 2, "processes"))
     here = [real_get(dataset, i) for i in range(9)]
     assert [item.session_index for item in items] == list(range(9))
     assert all(torch.equal(a.elements, b.elements) for a, b in zip(items, here))

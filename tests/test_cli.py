@@ -151,20 +151,27 @@ def test_entry_reports_a_failed_flush_of_the_results(status, expected):
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == expected
 
 
-def test_small_shared_memory_reads_in_threads_with_the_same_maps(demo, monkeypatch, caplog):
-    """-np 2 where /dev/shm is too small for loader processes (a default container): same maps as -np 0."""
+def test_readers_threads_processes_and_small_shared_memory_give_the_same_maps(demo, monkeypatch, caplog):
+    """-np 2 in threads (default), in processes, and in processes where /dev/shm is too small for them (a
+    default container: threads instead): the maps of -np 0."""
     from maps_interpret import caps
 
     new_group = ["--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps"]
-    assert main(["maps", "test", "x", *new_group, "--no-gpu", "--save_individual", "-np", "0"]) == 0
+    common = ["--no-gpu", "--save_individual", "--batch_size", "3"]
+    assert main(["maps", "test", "x", *new_group, *common, "-np", "0"]) == 0
+    assert main(["maps", "test", "threads", *common, "-np", "2"]) == 0
+    assert main(["maps", "test", "processes", *common, "-np", "2", "--reader", "processes"]) == 0
+    assert "thread(s) instead" not in caplog.text
     monkeypatch.setattr(caps, "shared_memory_free", lambda: 1024)
     with caplog.at_level("INFO", logger="maps_interpret"):
-        assert main(["maps", "test", "y", "--no-gpu", "--save_individual", "-np", "2"]) == 0
+        assert main(["maps", "test", "y", *common, "-np", "2", "--reader", "processes"]) == 0
     assert "reading in 2 thread(s) instead" in caplog.text
     for split in (0, 1):
         ours = demo / "maps" / f"split-{split}" / "best-loss" / "test"
         files = sorted(p.name for p in (ours / "interpret-x").iterdir())
-        assert files == sorted(p.name for p in (ours / "interpret-y").iterdir()) and len(files) == 5
-        for name in files:
-            assert torch.equal(torch.load(ours / "interpret-x" / name, weights_only=True),
-                               torch.load(ours / "interpret-y" / name, weights_only=True))
+        assert len(files) == 5
+        for run in ("threads", "processes", "y"):
+            assert files == sorted(p.name for p in (ours / f"interpret-{run}").iterdir())
+            for name in files:
+                assert torch.equal(torch.load(ours / "interpret-x" / name, weights_only=True),
+                                   torch.load(ours / f"interpret-{run}" / name, weights_only=True)), (run, name)

@@ -30,7 +30,7 @@ def same(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def elements_with_every_case() -> torch.Tensor:
     g = torch.Generator().manual_seed(3)
-    x = 100 * torch.rand((6, 1, 9, 11, 7), generator=g) - 20
+    x = 100 * torch.rand((6, 1, 9, 27, 7), generator=g) - 20  # 27 rows: several slabs, the last one short
     x[1, 0, 2, 3, 4] = float("nan")  # NaN -> 0, then normalised
     x[2, 0, 1, 1, 1] = float("inf")  # inf without NaN: kept, so the element is not finite
     x[3] = 5.0  # constant: 0 / 0
@@ -42,8 +42,9 @@ def elements_with_every_case() -> torch.Tensor:
 def test_batch_equals_each_element_transformed_alone(normalize):
     x = elements_with_every_case()
     preprocess = Preprocess(normalize=normalize)
-    for layout in (x, transposed(x)):
-        values, bad = preprocess.batch(layout.contiguous())
+    for layout in (x, transposed(x)):  # transposed: reduced in memory order, normalised in slabs
+        values, bad = preprocess.batch(layout, out=torch.empty_like(x) if layout is x else None)
+        assert values.is_contiguous()
         for i in range(x.shape[0]):
             reference = preprocess(x[i])
             assert same(values[i], reference), i
@@ -135,7 +136,9 @@ def test_device_batches_equal_the_loaders(tmp_path, name, input_size, batch_size
     assert [b.session_index for b in got] == [b.session_index for b in expected]
     for ours, theirs in zip(got, expected):
         assert torch.equal(ours.images, theirs.images) and ours.ready is None
-    assert raw[0].raw and raw[0].elements.shape == (1, 1, 12, 10, 9) and raw[0].elements.is_contiguous()
+    item = raw[0]  # the file's memory order, undone on the device
+    assert item.raw and item.elements.is_contiguous() and item.elements.shape == (1, 1, 9, 10, 12)
+    assert item.elements.permute(item.order).shape == (1, 1, 12, 10, 9)
 
 
 def test_device_preprocessing_reports_what_the_loader_reports(tmp_path):
@@ -171,3 +174,47 @@ def test_pre_extracted_element_is_named_in_errors(tmp_path):
         bad = layout.element_file(sessions[1].tensor_path, 1).name
         with pytest.raises(MapsInterpretError, match=f"{bad}: the preprocessed element holds NaN"):
             list(DevicePreprocess(dataset, torch.device("cpu"), 3)(items) if raw else rebatch(items, 3))
+
+
+def test_storage_order_keeps_the_leading_axis_and_round_trips():
+    from maps_interpret.caps import storage_order
+    from maps_interpret.transforms import copy_contiguous
+
+    image = transposed(torch.rand(1, 7, 6, 5)).unsqueeze(0)  # (N=1, C=1, D, H, W), the first spatial axis fastest
+    stored, order = storage_order(image)
+    assert stored.is_contiguous() and stored.shape[0] == 1 and order[0] == 0
+    assert stored.data_ptr() == image.data_ptr()  # a view: the copy out of it is a plain memcpy
+    assert torch.equal(stored.permute(order), image)
+    two = torch.cat([stored, stored])
+    assert torch.equal(two.permute(order)[1], image[0])
+    sliced = torch.rand(2, 1, 8, 8, 8)[:, :, ::2]  # no permutation of a contiguous layout
+    stored, order = storage_order(sliced)
+    assert order == (0, 1, 2, 3, 4) and torch.equal(stored, sliced) and stored.is_contiguous()
+    big = transposed(torch.rand(1, 30, 20, 10))
+    assert torch.equal(copy_contiguous(torch.empty(1, 30, 20, 10), big), big)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8])
+def test_threads_write_each_session_into_its_row_of_the_batch(tmp_path, batch_size):
+    from maps_interpret.caps import batches_in_threads
+
+    loader, _ = datasets(saved_sessions(tmp_path, 7), ImageLayout(), (1, 12, 10, 9))
+    expected = list(rebatch((loader[i] for i in range(len(loader))), batch_size))
+    got = list(batches_in_threads(loader, 2, batch_size))
+    assert [b.session_index for b in got] == [b.session_index for b in expected]
+    assert all(b.element_ids == [0] * len(b.session_index) for b in got)
+    for ours, theirs in zip(got, expected):
+        assert torch.equal(ours.images, theirs.images)
+
+
+def test_threads_report_the_first_failed_session_in_order(tmp_path):
+    from maps_interpret.caps import batches_in_threads
+
+    constant = {4: lambda image: torch.full_like(image, 2.0), 5: lambda image: torch.full_like(image, 3.0)}
+    loader, _ = datasets(saved_sessions(tmp_path, 7, bad=constant), ImageLayout(), (1, 12, 10, 9))
+    stream = batches_in_threads(loader, 2, 3)
+    assert next(stream).session_index == [0, 1, 2]
+    with pytest.raises(MapsInterpretError, match=r"sub-04_ses-M000_T1w\.pt: the preprocessed element holds NaN"):
+        next(stream)
+    with pytest.raises(ValueError, match="image-mode"):
+        next(batches_in_threads(datasets(saved_sessions(tmp_path, 2), LAYOUTS["patch-tiled"], (1, 3, 3, 3))[0], 2, 2))

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from . import engine as _engine  # noqa: F401  (loads and checks the C++ core now: a torch mismatch fails first)
 from . import writers
-from .caps import DevicePreprocess, SessionDataset, prefetch, rebatch, session_items
+from .caps import SessionDataset, make_batches, prefetch
 from .config import InterpretConfig
 from .errors import MapsInterpretError
 from .groups import commit_group
@@ -115,9 +115,7 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
     start = time.perf_counter()
     first = True
     with progress, writers.BackgroundWriter() as background:
-        items = session_items(dataset, config.n_proc)  # loader processes start here, in the main thread
-        batches = (DevicePreprocess(dataset, plan.device, config.batch_size)(items) if on_device
-                   else rebatch(items, config.batch_size, pin=gpu))
+        batches = make_batches(dataset, config.n_proc, config.reader, config.batch_size, plan.device)
         for batch in prefetch(batches, depth=2 if gpu else 0):
             batch.wait()  # GPU: the batch was made on another stream
             for job, engine, folder in engines:

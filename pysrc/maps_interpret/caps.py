@@ -110,8 +110,15 @@ def find_sessions(caps: dict[str, Path], rows: Sequence[dict], prep: dict) -> li
 
 
 def load_tensor(path: Path, mmap: bool = False) -> torch.Tensor:
+    """The tensor of a `.pt` file, float32; with `mmap`, a view of the file's pages in whatever float dtype it
+    holds (no read into a buffer of its own: the first copy out of it is the only one)."""
     try:
-        value = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        try:
+            value = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError as error:
+            if not (mmap and "mmap" in str(error)):
+                raise
+            value, mmap = torch.load(path, map_location="cpu", weights_only=True), False  # legacy format
     except Exception as error:  # unreadable, truncated, or a pickle that is not plain tensors
         raise MapsInterpretError(f"cannot read tensor {path}: {type(error).__name__}: {first_line(error)}") from None
     if not isinstance(value, torch.Tensor):
@@ -131,17 +138,33 @@ def non_finite_message(path: Path) -> str:
             "normalised); exclude this session from the TSV")
 
 
+def storage_order(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """`x` (N, ...)'s values as they lie in memory, as a contiguous tensor whose leading axis is still N (so
+    that items concatenate along it), and the `order` with which `stored.permute(order)` is `x` again; a
+    contiguous copy and the identity when the strides are no permutation of a contiguous layout. A GPU undoes
+    the permutation far faster than a CPU core."""
+    perm = [0, *sorted(range(1, x.dim()), key=lambda d: -x.stride(d))]
+    stored = x.permute(perm)
+    if not stored.is_contiguous():
+        return x.contiguous(), tuple(range(x.dim()))
+    order = [0] * x.dim()
+    for position, axis in enumerate(perm):
+        order[axis] = position
+    return stored, tuple(order)
+
+
 @dataclass
 class SessionItem:
     """One session: its preprocessed elements (E, C, *spatial); or, with `raw`, what was read for them (the
-    image as (1, C, *spatial), or the E pre-extracted elements), left to `DevicePreprocess`; or the error
-    that prevented either."""
+    image as (1, C, *spatial), or the E pre-extracted elements) in the order of the file's memory (see
+    `order`), left to `DevicePreprocess`; or the error that prevented either."""
 
     elements: Optional[torch.Tensor]
     element_ids: list[int]
     session_index: int
     error: Optional[str] = None
     raw: bool = False
+    order: tuple[int, ...] = ()  # raw items: `elements` is stored in memory order; permute(order) gives (N, C, ...)
 
 
 class SessionDataset(Dataset):
@@ -173,26 +196,32 @@ class SessionDataset(Dataset):
         return max(elements, 4 * image.numel())
 
     def __getitem__(self, index: int) -> SessionItem:
+        return self.read_into(index)
+
+    def read_into(self, index: int, out: Optional[torch.Tensor] = None) -> SessionItem:
+        """Item `index`; its preprocessed elements are written into `out` (E, *input_size) when given (a
+        batch's rows: `batches_in_threads`), else into a new tensor."""
         session = self.sessions[index]
         # In a loader worker the result goes to the main process through shared memory: writing it there
         # from the start saves the copy torch would make when sending it (one per image).
-        shared = get_worker_info() is not None
+        shared = get_worker_info() is not None and out is None
         try:
             read, paths = self._read(session)
-            if self.raw:
-                out = torch.empty(read.shape)
+            if self.raw:  # a plain copy out of the file's pages: the transposition is left to the device
+                stored, order = storage_order(read)
+                out = torch.empty(stored.shape)
                 if shared:
                     out.share_memory_()
-                return SessionItem(out.copy_(read), list(self.element_ids), index, raw=True)
+                return SessionItem(out.copy_(stored), list(self.element_ids), index, raw=True, order=order)
             elements = read if self.layout.prepare_dl else self.layout.cut(read)
             shape = self.preprocess.output_shape(tuple(elements.shape[1:]))
             if shape != self.input_size:
                 raise MapsInterpretError(shape_message(paths[0], shape, self.input_size))
-            out = torch.empty((len(self.element_ids), *self.input_size))
-            if shared:
-                out.share_memory_()
-            # Contiguous first: ClinicaDL's tensors are transposed on disk, and reductions over them are slow.
-            elements = out.copy_(elements) if elements.shape == out.shape else elements.contiguous()
+            if out is None:
+                out = torch.empty((len(self.element_ids), *self.input_size))
+                if shared:
+                    out.share_memory_()
+            # Straight from the file's pages into `out`, in one pass (whatever the file's layout).
             values, bad = self.preprocess.batch(elements, out=out)
             if bool(bad.any()):
                 raise MapsInterpretError(non_finite_message(paths[int(bad.nonzero()[0]) % len(paths)]))
@@ -210,14 +239,16 @@ class SessionDataset(Dataset):
                 if not path.is_file():
                     raise MapsInterpretError(f"{path} does not exist (maps.json says prepare_dl: true): extract "
                                              f"the {self.layout.mode} tensors with `clinicadl prepare-data`")
-                tensor = load_tensor(path)
+                tensor = load_tensor(path, mmap=True)
                 shape = self.preprocess.output_shape(tuple(tensor.shape))
                 if shape != self.input_size:
                     raise MapsInterpretError(shape_message(path, shape, self.input_size))
                 paths.append(path)
                 tensors.append(tensor)
-            return torch.stack(tensors), paths
-        image = load_tensor(session.tensor_path)
+            return torch.stack(tensors).float(), paths
+        image = load_tensor(session.tensor_path, mmap=True)
+        if image.dtype != torch.float32:  # ClinicaDL's transforms run on float32 values
+            image = image.float()
         ids = self.layout.element_ids(tuple(image.shape))
         if ids != self.element_ids:
             raise MapsInterpretError(f"{session.tensor_path}: image of shape {tuple(image.shape)} gives "
@@ -235,23 +266,32 @@ def shared_memory_free(path: Path = SHARED_MEMORY) -> Optional[int]:
     return stat.f_bavail * stat.f_frsize
 
 
-def session_items(dataset: SessionDataset, n_proc: int) -> Iterator[SessionItem]:
-    """The sessions in order, read by `n_proc` loader processes that hand each session over in shared memory;
-    by `n_proc` threads instead when /dev/shm cannot hold what the processes keep in flight (64 MB in a
-    container started without --shm-size or --ipc=host: torch would die there with a bus error); in this
-    thread when `n_proc` is 0. Reading a tensor file and normalising it release the GIL, so threads still
-    overlap the engine's work."""
+def session_items(dataset: SessionDataset, n_proc: int, reader: str = "threads",
+                  batch_sessions: int = 1) -> Iterator[SessionItem]:
+    """The sessions in order, read `n_proc` at a time, with enough read ahead that a batch of
+    `batch_sessions` sessions is ready when the engines ask for it (fewer, and reading stalls while they
+    compute); in this thread when `n_proc` is 0.
+
+    `reader` "threads" (the default: measured 2x the rate of processes on 2 cores, BENCHMARKS.md; reading
+    a memory-mapped tensor, copying and normalising it release the GIL) or "processes" (DataLoader workers
+    that hand each session over in shared memory; threads instead when /dev/shm cannot hold what they keep
+    in flight: 64 MB in a container started without --shm-size or --ipc=host, where torch would die with a
+    bus error)."""
     if n_proc <= 0:
         return (dataset[index] for index in range(len(dataset)))
-    in_flight = (n_proc * PREFETCH_FACTOR + 2) * dataset.item_bytes  # workers' queue + what the main process holds
+    ahead = batch_sessions + n_proc * PREFETCH_FACTOR
+    if reader == "threads":
+        return _read_in_threads(dataset, n_proc, depth=ahead)
+    per_worker = -(-ahead // n_proc)
+    in_flight = (n_proc * per_worker + 2) * dataset.item_bytes  # workers' queue + what the main process holds
     free = shared_memory_free()
     if free is not None and in_flight > 0.8 * free:
         log.info("%s has %d MiB free, too little for %d loader process(es) (about %d MiB in flight): reading in "
                  "%d thread(s) instead; give a container --shm-size=1g or --ipc=host to use processes",
                  SHARED_MEMORY, free >> 20, n_proc, in_flight >> 20, n_proc)
-        return _read_in_threads(dataset, n_proc, depth=n_proc * PREFETCH_FACTOR)
+        return _read_in_threads(dataset, n_proc, depth=ahead)
     return iter(DataLoader(dataset, batch_size=None, shuffle=False, num_workers=n_proc,
-                           prefetch_factor=PREFETCH_FACTOR))
+                           prefetch_factor=per_worker))
 
 
 def _read_in_threads(dataset: SessionDataset, threads: int, depth: int) -> Iterator[SessionItem]:
@@ -264,6 +304,56 @@ def _read_in_threads(dataset: SessionDataset, threads: int, depth: int) -> Itera
             pending.append(pool.submit(dataset.__getitem__, index))
         while pending:
             yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def make_batches(dataset: SessionDataset, n_proc: int, reader: str, batch_size: int,
+                 device: torch.device) -> Iterator["Batch"]:
+    """The batches of a pass as the command makes them: raw items preprocessed on `device`
+    (`DevicePreprocess`) when `dataset.raw`; else, for one element per session read in threads, straight
+    into the batch (`batches_in_threads`); else items from `session_items` gathered by `rebatch` (pinned for
+    a GPU). DataLoader processes start in the calling thread: call this from the main thread."""
+    device = torch.device(device)
+    gpu = device.type == "cuda"
+    if reader == "threads" and n_proc > 0 and not dataset.raw and len(dataset.element_ids) == 1:
+        return batches_in_threads(dataset, n_proc, batch_size, pin=gpu)
+    batch_sessions = -(-batch_size // max(1, len(dataset.element_ids)))
+    items = session_items(dataset, n_proc, reader, batch_sessions)
+    if dataset.raw:
+        return DevicePreprocess(dataset, device, batch_size)(items)
+    return rebatch(items, batch_size, pin=gpu)
+
+
+def batches_in_threads(dataset: SessionDataset, threads: int, batch_size: int, pin: bool = False,
+                       ahead: int = 2) -> Iterator["Batch"]:
+    """ClinicaDL's batches of a one-element-per-session dataset (image mode, preprocessed while read), each
+    session read and preprocessed by one of `threads` threads straight into its row of the batch: no
+    per-session buffer, no stacking in the main thread. `ahead` batches are read while one is used."""
+    if dataset.raw or len(dataset.element_ids) != 1:
+        raise ValueError("batches_in_threads reads image-mode datasets preprocessed while read")
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="maps-interpret-read")
+    pending: deque = deque()
+    n = len(dataset)
+
+    def submit(first: int) -> None:
+        indices = list(range(first, min(first + batch_size, n)))
+        images = torch.empty((len(indices), *dataset.input_size), pin_memory=pin)
+        futures = [pool.submit(dataset.read_into, index, images[row:row + 1]) for row, index in enumerate(indices)]
+        pending.append((Batch(images, [dataset.element_ids[0]] * len(indices), indices), futures))
+
+    try:
+        first = 0
+        while first < n or pending:
+            while first < n and len(pending) <= ahead:
+                submit(first)
+                first += batch_size
+            batch, futures = pending.popleft()
+            for future in futures:  # in session order: the first failed session is the one reported
+                item = future.result()
+                if item.error is not None:
+                    raise MapsInterpretError(item.error)
+            yield batch
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -307,8 +397,9 @@ class DevicePreprocess:
         cuda = self.device.type == "cuda"
         raws = [item.elements for item in group]
         host = torch.empty((sum(r.shape[0] for r in raws), *raws[0].shape[1:]), pin_memory=cuda)
-        torch.cat(raws, out=host)
-        x = host.to(self.device, non_blocking=cuda)
+        torch.cat(raws, out=host)  # memory order kept: a plain copy
+        order = group[0].order
+        x = host.to(self.device, non_blocking=cuda).permute(order)  # the file's layout, undone on the device
         data = self.dataset
         elements = x if data.layout.prepare_dl else data.layout.cut(x)
         shape = data.preprocess.output_shape(tuple(elements.shape[1:]))
@@ -360,8 +451,8 @@ class DevicePreprocess:
         for item in items:
             if item.error is not None:
                 raise MapsInterpretError(item.error)
-            if group and group[0].elements.shape[1:] != item.elements.shape[1:]:
-                flush()  # one host buffer holds tensors of one shape
+            if group and (group[0].elements.shape[1:], group[0].order) != (item.elements.shape[1:], item.order):
+                flush()  # one host buffer holds tensors of one shape and layout
             group.append(item)
             if waiting() + len(group) * n >= self.batch_size:
                 flush()

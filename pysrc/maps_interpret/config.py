@@ -15,6 +15,7 @@ from typing import Optional
 METHODS = ("gradients", "grad-cam")
 COMPAT = ("clinicadl",)
 PREPROCESS_ON = ("auto", "loader", "device")
+READERS = ("threads", "processes")
 DEFAULT_SELECTION_METRICS = ("loss",)
 
 
@@ -55,7 +56,7 @@ class InterpretConfig:
     save_individual: bool = field(default=False, metadata=_opt(
         "--save_individual", help="Also write one map per participant/session."))
     n_proc: int = field(default=2, metadata=_opt(
-        "-np", "--n_proc", type=int, metavar="INT", help="Data-loading worker processes (default: 2)."))
+        "-np", "--n_proc", type=int, metavar="INT", help="Sessions read at once, by threads or processes (--reader; default: 2; 0: in the main thread)."))
     gpu: bool = field(default=True, metadata=_opt(
         "--gpu", action=argparse.BooleanOptionalAction,
         help="Compute on the GPU (default); --no-gpu computes on the CPU."))
@@ -81,6 +82,10 @@ class InterpretConfig:
         "--compat", type=str, choices=COMPAT, metavar="clinicadl",
         help="Reproduce ClinicaDL 1.6.1's numbers where they differ: its mean of patch/slice/roi maps "
              "(divided again by the elements per image) and its Grad-CAM variant."))
+    reader: str = field(default="threads", metadata=_opt(
+        "--reader", type=str, choices=READERS,
+        help="How the -np readers run: threads of this process (default; reading and preprocessing release the "
+             "GIL) or DataLoader worker processes that hand sessions over in shared memory."))
     preprocess_on: str = field(default="auto", metadata=_opt(
         "--preprocess_on", type=str, choices=PREPROCESS_ON,
         help="Where images are cut, checked and normalised: by the loader workers (on CPU cores), or on the "

@@ -203,7 +203,8 @@ def test_demo_in_the_image_equals_the_host_run_and_belongs_to_the_caller(podman,
 
 
 def test_full_size_sessions_with_two_readers_in_default_shared_memory(podman, image, tmp_path):
-    """Two worker processes would keep 6 sessions of 25 MB in a 64 MB /dev/shm: the loader reads in threads."""
+    """Two readers at full size with 64 MB of /dev/shm: threads (the default) need none; processes would keep
+    several sessions of 25 MB there, so the loader reads in threads instead, with the same maps."""
     study = tmp_path / "study"
     build_demo(study, shape=FULL_SIZE, n_train=2, n_test=3, trained=False)
     host = tmp_path / "host"
@@ -214,16 +215,21 @@ def test_full_size_sessions_with_two_readers_in_default_shared_memory(podman, im
 
     run("chown", "-R", "1000:1000", study)  # owned by the image's default user: no --user needed
     started = time.monotonic()
-    result = podman("run", "--rm", "--network", "none", "-v", f"{study}:/data", image, *arguments)
+    podman("run", "--rm", "--network", "none", "-v", f"{study}:/data", image, *arguments)  # threads (default)
     timed("full-size run", started)
-    assert "reading in 2 thread(s) instead" in result.stderr
+    processes = ["processes" if word == "full" else word for word in arguments] + ["--reader", "processes"]
+    result = podman("run", "--rm", "--network", "none", "-v", f"{study}:/data", image, *processes)
+    assert "reading in 2 thread(s) instead" in result.stderr  # 64 MB of /dev/shm: processes would die there
     assert "--shm-size=1g or --ipc=host" in result.stderr
 
-    ours, theirs = maps_of(host, "full"), maps_of(study, "full")
-    assert theirs.keys() == ours.keys() and ours
-    for name, value in ours.items():
-        assert value.shape[-3:] == FULL_SIZE
-        assert torch.equal(theirs[name], value), name
+    ours = maps_of(host, "full")
+    assert ours
+    for run_name in ("full", "processes"):
+        theirs = maps_of(study, run_name)
+        assert sorted(theirs) == sorted(name.replace("interpret-full", f"interpret-{run_name}") for name in ours)
+        for name, value in ours.items():
+            assert value.shape[-3:] == FULL_SIZE
+            assert torch.equal(theirs[name.replace("interpret-full", f"interpret-{run_name}")], value), name
     assert owned_by(study, 1000) == []
     shutil.rmtree(study), shutil.rmtree(host)  # 1.8 GB (full-size tensors and models); pytest keeps 3 runs
 
