@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# One prepared run on a lent GPU machine (see BENCHMARKS.md), about 8 minutes on an H100: build against that
-# machine's torch; the engine tests and every CUDA test (the ClinicaDL fixture on CUDA included); the
-# engine's compute floor in each configuration with a per-kernel profile; then the side-by-side benchmark.
-# Prints the card's name with every figure; results go to $OUT. Missing pure-Python wheels travel in .whl/
-# (nibabel, argparse-dataclass). Every step has its own time limit; together they exceed the device's 10-minute
-# cap on one command, so name in STEPS what fits (build + tests + floor + bench with 128 sessions: ~8 min).
-#   STEPS="build tests floor bench data" BENCH_SESSIONS=128 BENCH_REPEATS=3 bash benchmarks/gpu_check.sh
-# STEPS may also name `probe`: a native backtrace (cuda-gdb) of the core turning a C++ error into a value;
-# `data` times the data path alone (loader workers + pinned batches) on the benchmark's data, -np 8 and 16.
+# One prepared run on a lent GPU machine (see BENCHMARKS.md, "GPU: the prepared check"). Prints the card, driver
+# and torch with every figure; results go to $OUT. Missing pure-Python wheels travel in .whl/ (nibabel,
+# argparse-dataclass). Every step has its own time limit; the device caps one command at 10 minutes, so the
+# steps go in two calls (expected on an H100/H200, 16 cores):
+#   STEPS="build tests floor" bash benchmarks/gpu_check.sh              # ~5 min: build 1.5, tests 2, floor 1
+#   STEPS="bench data nccl" BENCH_SESSIONS=512 bash benchmarks/gpu_check.sh   # ~5 min: data 2, bench 2, rest 1
+# bench: issue 11's end-to-end target (>= 512 full-size sessions, batch 8, float32, ClinicaDL's loop alongside,
+# GPU busy sampled); data: the data path alone, preprocessing on the device and in the loader; nccl: torchrun
+# with NCCL (one rank) against one process on the same data. STEPS may also name `probe`: a native backtrace
+# (cuda-gdb) of the core turning a C++ error into a value.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu-check}
 mkdir -p "$OUT"
@@ -17,7 +18,7 @@ echo "card: $card" | tee "$OUT/card.txt"
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/card.txt"
 nproc | sed 's/^/cpu cores: /' | tee -a "$OUT/card.txt"
 if ls .whl/*.whl >/dev/null 2>&1; then python3 -m pip install -q --no-index --no-deps .whl/*.whl; fi
-STEPS=" ${STEPS:-build tests floor bench data} "
+STEPS=" ${STEPS:-build tests floor} "
 step() { [[ "$STEPS" == *" $1 "* ]]; }
 start=$(date +%s)
 if step build; then
@@ -63,18 +64,40 @@ grep -vE "^\s*(\[|\]|[0-9]+,?)$" "$OUT/floor.json" | tr -d '\n' | sed 's/  */ /g
 fi
 
 if step bench; then
-echo "== benchmark, $card"
-timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/run.py --gpu --amp --sessions "${BENCH_SESSIONS:-128}" \
-  --batch_size "${BENCH_BATCH:-8}" -np 8 --repeats "${BENCH_REPEATS:-3}" --skip ${BENCH_SKIP-a_individual} \
+echo "== benchmark, float32, batch ${BENCH_BATCH:-8}, ${BENCH_SESSIONS:-512} sessions, $card"
+timeout "${BENCH_TIMEOUT:-330}" python3 benchmarks/run.py --gpu --sessions "${BENCH_SESSIONS:-512}" \
+  --batch_size "${BENCH_BATCH:-8}" -np 8 --repeats "${BENCH_REPEATS:-2}" --skip a_individual b_individual \
   --out /tmp/bench > "$OUT/bench.log" 2>&1
 cp /tmp/bench/results.md /tmp/bench/results.json "$OUT/" 2>/dev/null
 tail -25 "$OUT/bench.log"
 fi
 
-step data || exit 0
-[ -d /tmp/bench/data ] || { echo "data: no /tmp/bench/data (the bench step makes it)"; exit 0; }
-echo "== data path alone (no engine), batch ${BENCH_BATCH:-8}, pinned, $card"
-for np in 8 16; do
-  timeout 120 python3 benchmarks/data_path.py /tmp/bench/data/maps /tmp/bench/data/caps /tmp/bench/data/sessions.tsv \
-    --batch_size "${BENCH_BATCH:-8}" -np $np --pin --repeats 2 2>&1 | tail -1
-done
+D=/tmp/bench/data
+if step data; then
+  [ -d $D ] || { echo "data: no $D (the bench step makes it)"; exit 0; }
+  echo "== data path alone (no engine), batch ${BENCH_BATCH:-8}, $card"
+  for variant in "--preprocess_on device --device cuda -np 4" "--preprocess_on device --device cuda -np 8" \
+                 "--preprocess_on loader --device cuda -np 8" "--preprocess_on loader --device cuda -np 8 --reader processes"; do
+    echo "data_path $variant: $(timeout 120 python3 benchmarks/data_path.py $D/maps $D/caps $D/sessions.tsv \
+      --batch_size "${BENCH_BATCH:-8}" $variant --repeats 2 2>&1 | tail -1)"
+  done
+fi
+
+if step nccl; then
+  [ -d $D ] || { echo "nccl: no $D (the bench step makes it)"; exit 0; }
+  echo "== torchrun, NCCL, 1 rank, against one process, $card"
+  args=(--gpu --batch_size "${BENCH_BATCH:-8}" -np 8 -on)
+  t0=$(date +%s%N)
+  timeout 120 python3 -m maps_interpret $D/maps bench single "${args[@]}" > "$OUT/single.log" 2>&1
+  t1=$(date +%s%N)
+  timeout 120 python3 -m torch.distributed.run --standalone --nproc_per_node=1 -m maps_interpret $D/maps bench nccl \
+    "${args[@]}" > "$OUT/nccl.log" 2>&1
+  t2=$(date +%s%N)
+  echo "one process $(( (t1 - t0) / 1000000 )) ms, torchrun with 1 rank $(( (t2 - t1) / 1000000 )) ms; $(grep -o 'rank 0 of 1 (nccl[^)]*)' "$OUT/nccl.log")"
+  python3 - <<PY
+import torch
+base = "$D/maps/split-0/best-loss/bench"
+a = torch.load(f"{base}/interpret-single/mean_image-0_map.pt"); b = torch.load(f"{base}/interpret-nccl/mean_image-0_map.pt")
+print(f"mean map, torchrun vs one process: max |diff| / max |map| = {((a - b).abs().max() / a.abs().max()).item():.3g}")
+PY
+fi

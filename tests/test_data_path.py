@@ -218,3 +218,31 @@ def test_threads_report_the_first_failed_session_in_order(tmp_path):
         next(stream)
     with pytest.raises(ValueError, match="image-mode"):
         next(batches_in_threads(datasets(saved_sessions(tmp_path, 2), LAYOUTS["patch-tiled"], (1, 3, 3, 3))[0], 2, 2))
+
+
+@pytest.mark.parametrize("reader,raw", [("threads", False), ("processes", False), ("threads", True)])
+@pytest.mark.parametrize("name,input_size", [("image", (1, 12, 10, 9)), ("patch-overlapping", (1, 4, 4, 4))])
+def test_a_shard_starting_inside_a_session_makes_the_whole_runs_batches(tmp_path, reader, raw, name, input_size):
+    """make_batches(skip, limit) on the sessions from the shard's first one: exactly the elements [start, stop)
+    of the whole run's stream, cut into the whole run's batches (starts are whole batches: api.element_shard)."""
+    from maps_interpret.caps import make_batches
+
+    batch_size = 4
+    loader, raw_set = datasets(saved_sessions(tmp_path, 5), LAYOUTS[name], input_size)
+    dataset = raw_set if raw else loader
+    n = len(dataset.element_ids)
+    whole = list(make_batches(dataset, 1, reader, batch_size, torch.device("cpu")))
+    flat = torch.cat([b.images for b in whole])
+    for start, stop in [(0, batch_size), (batch_size, 3 * batch_size), (2 * batch_size, 5 * n)]:
+        if start >= 5 * n:
+            continue
+        stop = min(stop, 5 * n)
+        first, skip = divmod(start, n)
+        part = SessionDataset(dataset.sessions[first:-(-stop // n)], dataset.layout, Preprocess(),
+                              dataset.input_size, dataset.element_ids, raw=raw)
+        got = list(make_batches(part, 1, reader, batch_size, torch.device("cpu"), skip=skip, limit=stop - start))
+        assert [len(b.element_ids) for b in got] == [len(b.element_ids) for b in whole][start // batch_size:
+                                                                                        -(-stop // batch_size)]
+        assert torch.equal(torch.cat([b.images for b in got]), flat[start:stop])
+        ids = [e for b in whole for e in b.element_ids][start:stop]
+        assert [e for b in got for e in b.element_ids] == ids

@@ -44,26 +44,55 @@ def test_nifti_is_float32(tmp_path):
 
 def test_staging_publish_and_replace(tmp_path):
     final = tmp_path / "split-0" / "best-loss" / "test" / "interpret-x"
-    with writers.Staging(tmp_path) as staging:
-        first = staging.new_dir()
-        (first / "a.pt").write_text("1")
-        writers.Staging.publish(first, final, replace=False)
-        second = staging.new_dir()
-        (second / "b.pt").write_text("2")
-        with pytest.raises(FileExistsError):
-            writers.Staging.publish(second, final, replace=False)
-        writers.Staging.publish(second, final, replace=True)
+    staging = writers.Staging(tmp_path, "test-x")
+    assert staging.open(keep_checkpoint=False, discard_checkpoint=False) is False
+    first = staging.job_dir(0, 0)
+    (first / "a.pt").write_text("1")
+    writers.Staging.publish(first, final, replace=False)
+    second = staging.job_dir(0, 1)
+    (second / "b.pt").write_text("2")
+    with pytest.raises(FileExistsError):
+        writers.Staging.publish(second, final, replace=False)
+    writers.Staging.publish(second, final, replace=True)
+    staging.close(keep=False)
     assert [p.name for p in final.iterdir()] == ["b.pt"]
     assert sorted(p.name for p in final.parent.iterdir()) == ["interpret-x"]
     assert not (tmp_path / writers.STAGING_DIRNAME).exists()
 
 
-def test_failed_run_removes_its_staging(tmp_path):
-    with pytest.raises(RuntimeError):
-        with writers.Staging(tmp_path) as staging:
-            (staging.new_dir() / "partial.pt").write_text("x")
-            raise RuntimeError("interrupted")
+def test_a_run_folder_is_held_by_one_run_at_a_time(tmp_path):
+    """The flock on <key>.lock: a second run of the same group and NAME is refused while the first runs."""
+    first = writers.Staging(tmp_path, "test-x")
+    first.open(keep_checkpoint=False, discard_checkpoint=False)
+    with pytest.raises(FileExistsError, match="in use by another run"):
+        writers.Staging(tmp_path, "test-x").open(keep_checkpoint=False, discard_checkpoint=False)
+    other = writers.Staging(tmp_path, "test-y")  # another NAME: its own folder; the live one is left alone
+    other.open(keep_checkpoint=False, discard_checkpoint=False)
+    assert first.run_dir.is_dir()
+    other.close(keep=False)
+    first.close(keep=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_folders_of_killed_runs_go_unless_they_hold_a_checkpoint(tmp_path):
+    root = tmp_path / writers.STAGING_DIRNAME
+    for key in ("test-killed", "test-interrupted"):
+        (root / key).mkdir(parents=True)
+        (root / f"{key}.lock").write_text("")  # nobody holds it: the runs are gone
+    (root / "test-interrupted" / "checkpoint-0.json").write_text("{}")
+    staging = writers.Staging(tmp_path, "test-new")
+    staging.open(keep_checkpoint=False, discard_checkpoint=False)
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["test-interrupted", "test-new"]
+    staging.close(keep=False)
+    resumed = writers.Staging(tmp_path, "test-interrupted")
+    with pytest.raises(FileExistsError, match="add --continue to resume it, or --overwrite_name"):
+        resumed.open(keep_checkpoint=False, discard_checkpoint=False)
+    assert resumed.open(keep_checkpoint=True, discard_checkpoint=False) is True
+    assert (resumed.run_dir / "checkpoint-0.json").is_file()
+    resumed.close(keep=True)
+    assert resumed.open(keep_checkpoint=False, discard_checkpoint=True) is False  # --overwrite_name: discarded
+    assert list(resumed.run_dir.iterdir()) == []
+    resumed.close(keep=False)
 
 
 def test_remove_tree(tmp_path):

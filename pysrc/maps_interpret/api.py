@@ -1,26 +1,32 @@
 """`run(config)`: the whole command as a function. The CLI is a thin shell over it.
 
-Order of work: plan and check everything (plan.py; nothing written) -> for each pass over the data,
-export the models, stream batches through the C++ engines, write maps into a staging folder ->
-define the data group and move the finished folders into place.
+Order of work: plan and check everything (plan.py; nothing written; rank 0 of a torchrun job) -> for each
+pass over the data, export the models, stream this rank's or part's shard of the sessions through the C++
+engines (individual maps into the run's staging folder, partial sums checkpointed every N batches) ->
+merge the partial sums (ranks: distributed.py; parts: --merge_parts) -> means, data group, folders moved
+into place. `--continue` resumes from the checkpoints (checkpoints.py) of an interrupted run.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import torch
 from tqdm import tqdm
 
+from . import checkpoints, signals, writers
 from . import engine as _engine  # noqa: F401  (loads and checks the C++ core now: a torch mismatch fails first)
-from . import writers
 from .caps import SessionDataset, make_batches, prefetch
 from .config import InterpretConfig
-from .errors import MapsInterpretError
+from .distributed import Context, shard
+from .errors import MapsInterpretError, UsageError
 from .groups import commit_group
+from .partials import Partial, merge_all
 from .plan import DataPass, Plan, make_plan
 from .transforms import Preprocess
 
@@ -30,13 +36,14 @@ log = logging.getLogger("maps_interpret")
 @dataclass
 class RunSummary:
     outputs: list[Path] = field(default_factory=list)  # one interpret-<NAME> folder per (split, metric)
-    sessions: int = 0  # sessions read (each once per pass)
-    maps: int = 0  # element maps computed (elements x models)
+    sessions: int = 0  # sessions read by this process (each once per pass)
+    maps: int = 0  # element maps computed by this process (elements x models)
     seconds: float = 0.0  # the whole run
     loop_seconds: float = 0.0  # the loops over batches (data, compute, individual writes), start-up excluded
     plan_seconds: float = 0.0  # checks of the MAPS, the data group and the models, before any pass
     engine_seconds: float = 0.0  # loading, rewriting and exporting models, creating engines
     first_batch_seconds: float = 0.0  # first batch of each pass: data start-up, cuDNN autotuning, JIT profiling
+    resumed_elements: int = 0  # elements an interrupted run had done (--continue)
 
     @property
     def maps_per_second(self) -> float:
@@ -44,28 +51,19 @@ class RunSummary:
 
 
 def run(config: InterpretConfig) -> RunSummary:
+    """Runs the command; under torchrun (WORLD_SIZE > 1) as one rank of the job."""
     start = time.perf_counter()
-    plan = make_plan(config)
-    summary = RunSummary(plan_seconds=time.perf_counter() - start)
-    log.info("%s: %s of data group %s (%s mode), %d model(s), %d pass(es) over the data, on %s", plan.maps.path,
-             config.method, config.data_group, plan.maps.mode, len(plan.jobs), len(plan.passes), plan.device)
-    with writers.Staging(plan.maps.path) as staging:
-        group_committed = False
-        for data_pass in plan.passes:
-            try:
-                staged = _run_pass(plan, data_pass, staging, summary)
-            except OSError as error:  # disk full, quota, permissions: say where, drop this pass's results
-                raise MapsInterpretError(
-                    f"writing maps into {plan.maps.path} failed ({error.strerror or error}); the results of this "
-                    f"pass were discarded{', earlier ones kept' if summary.outputs else ''}: free space or "
-                    "fix permissions, then run again") from None
-            if not group_committed:  # the group exists in the MAPS from the first finished results on
-                commit_group(plan.maps, plan.group)
-                group_committed = True
-            for job, folder in staged:
-                writers.Staging.publish(folder, job.output_dir, replace=config.overwrite_name)
-                summary.outputs.append(job.output_dir)
-                log.info("wrote %s", job.output_dir)
+    ctx = Context.from_environment(gpu=config.gpu)
+    try:
+        summary = _run(config, ctx, start)
+        ctx.settle()
+        signals.finished()
+    except MapsInterpretError:  # every rank has it (Context.agree): leave together, after the clean-up
+        ctx.settle()
+        signals.finished()
+        raise
+    finally:
+        ctx.close()
     summary.seconds = time.perf_counter() - start
     log.info("done: %d map(s) of %d session(s) in %.1f s (%.1f s in the loops over batches)", summary.maps,
              summary.sessions, summary.seconds, summary.loop_seconds)
@@ -73,6 +71,152 @@ def run(config: InterpretConfig) -> RunSummary:
               summary.plan_seconds, summary.engine_seconds, summary.first_batch_seconds, summary.loop_seconds,
               summary.seconds - summary.plan_seconds - summary.engine_seconds - summary.loop_seconds)
     return summary
+
+
+def _run(config: InterpretConfig, ctx: Context, start: float) -> RunSummary:
+    if ctx.enabled and config.merge_parts:
+        raise UsageError("--merge_parts only combines files: run it as one process, without torchrun")
+    plan = ctx.on_main(lambda: make_plan(config))
+    plan.device = ctx.device(plan.device)
+    summary = RunSummary(plan_seconds=time.perf_counter() - start)
+    if ctx.is_main:
+        log.info("%s: %s of data group %s (%s mode), %d model(s), %d pass(es) over the data, on %s%s", plan.maps.path,
+                 config.method, config.data_group, plan.maps.mode, len(plan.jobs), len(plan.passes), plan.device,
+                 f" and {ctx.world - 1} other rank(s)" if ctx.enabled else "")
+    if config.merge_parts:
+        _merge_parts(plan, summary)
+        return summary
+    fingerprint = ctx.on_main(lambda: checkpoints.fingerprint(plan))
+    staging = writers.Staging(plan.maps.path, checkpoints.run_key(config))
+    resumable = ctx.on_main(lambda: _open(staging, config))
+    checkpoint = checkpoints.Checkpoint(staging.run_dir, ctx.rank, ctx.world, fingerprint)
+    keep = resumable  # an error never costs the work of an interrupted run: its checkpoint stays
+    try:
+        ctx.agree(_attempt(lambda: _load_checkpoint(checkpoint, config, resumable, ctx)))
+        states = ctx.on_main(lambda: _pass_states(plan, checkpoint))
+        parts = config.num_parts > 1
+        shard_index, shard_count = config.part_id * ctx.world + ctx.rank, config.num_parts * ctx.world
+        committed = [False]  # the data group, with the first published results
+        for index, data_pass in enumerate(plan.passes):
+            if states[index] == "published":
+                summary.outputs += [job.output_dir for job in data_pass.jobs]
+                continue
+            try:
+                if states[index] != "computed":
+                    merged = _compute_pass(plan, index, data_pass, staging, checkpoint, ctx, summary,
+                                           element_shard(data_pass, config.batch_size, shard_index, shard_count))
+                    if ctx.is_main:  # the merged sums: a resumed run needs no rank's partials any more
+                        checkpoint.save(index, 0, [p.state() for p in merged], state="computed")
+                    ctx.barrier()
+                if not parts:  # rank 0 publishes; the others hear whether it could
+                    ctx.agree(_attempt(lambda: _publish(plan, index, data_pass, staging, checkpoint, summary,
+                                                        committed)) if ctx.is_main else None)
+            except OSError as error:
+                raise _disk_error(error, plan, summary) from None
+        if parts and ctx.is_main:
+            checkpoints.write_part(staging.run_dir, fingerprint, config.part_id, config.num_parts,
+                                   {i: checkpoint.partials(i, len(p.jobs)) for i, p in enumerate(plan.passes)},
+                                   {i: len(p.sessions) for i, p in enumerate(plan.passes)})
+            log.info("part %d of %d finished in %s; combine the parts with --merge_parts --num_parts %d once all "
+                     "are finished", config.part_id, config.num_parts, staging.run_dir, config.num_parts)
+            keep = True
+        else:
+            keep = False
+        ctx.barrier()
+    except (signals.Stopped, KeyboardInterrupt) as stop:
+        keep = writers.has_checkpoint(staging.run_dir)
+        if keep and isinstance(stop, signals.Stopped):
+            stop.checkpoint = str(staging.run_dir)
+        raise
+    finally:
+        if ctx.is_main:
+            staging.close(keep=keep)
+    return summary
+
+
+def _publish(plan: Plan, index: int, data_pass: DataPass, staging: writers.Staging,
+             checkpoint: checkpoints.Checkpoint, summary: RunSummary, committed: list) -> None:
+    """Rank 0, a pass computed: the means, the data group (with the first results), the folders in place."""
+    try:
+        merged = checkpoint.partials(index, len(data_pass.jobs))
+        for job_index, partial in enumerate(merged):
+            _write_means(plan, data_pass, partial, staging.job_dir(index, job_index))
+        if not committed[0]:  # the group exists in the MAPS from the first finished results on
+            commit_group(plan.maps, plan.group)
+            committed[0] = True
+        for job_index, job in enumerate(data_pass.jobs):
+            writers.Staging.publish(staging.job_dir(index, job_index), job.output_dir,
+                                    replace=plan.config.overwrite_name)
+            summary.outputs.append(job.output_dir)
+            log.info("wrote %s", job.output_dir)
+        checkpoint.mark(index, "published")
+    except OSError as error:
+        raise _disk_error(error, plan, summary) from None
+
+
+def _disk_error(error: OSError, plan: Plan, summary: RunSummary) -> MapsInterpretError:
+    """Disk full, quota, permissions: say where; this pass's results are dropped."""
+    return MapsInterpretError(
+        f"writing maps into {plan.maps.path} failed ({error.strerror or error}); the results of this pass were "
+        f"discarded{', earlier ones kept' if summary.outputs else ''}: free space or fix permissions, then run again")
+
+
+def _attempt(function) -> Optional[BaseException]:
+    """`function()`'s error, as a value (for `Context.agree`)."""
+    try:
+        function()
+    except Exception as error:  # noqa: BLE001
+        return error
+    return None
+
+
+def _open(staging: writers.Staging, config: InterpretConfig) -> bool:
+    try:
+        return staging.open(keep_checkpoint=config.resume, discard_checkpoint=config.overwrite_name)
+    except FileExistsError as error:
+        raise MapsInterpretError(str(error)) from None
+
+
+def _load_checkpoint(checkpoint: checkpoints.Checkpoint, config: InterpretConfig, resumable: bool,
+                     ctx: Context) -> None:
+    if config.resume and resumable and checkpoint.load():
+        log.info("rank %d: resuming from %s", ctx.rank, checkpoint.path) if ctx.enabled else \
+            log.info("resuming from %s", checkpoint.path)
+    elif config.resume and ctx.is_main:
+        log.info("--continue: no checkpoint of an interrupted run of %s/%s; starting from the beginning",
+                 config.data_group, config.name)
+
+
+def _pass_states(plan: Plan, checkpoint: checkpoints.Checkpoint) -> list[str]:
+    """Rank 0's record of each pass; with --continue, output folders must be the ones it published."""
+    states = [checkpoint.state_of(index) for index in range(len(plan.passes))]
+    config = plan.config
+    for state, data_pass in zip(states, plan.passes):
+        for job in data_pass.jobs:
+            if state != "published" and job.output_dir.exists() and not (config.overwrite_name or
+                                                                          plan.group.erase_results):
+                raise MapsInterpretError(f"{job.output_dir} already exists: choose another NAME, or add "
+                                         "--overwrite_name to replace it")
+    return states
+
+
+def _compute_pass(plan: Plan, index: int, data_pass: DataPass, staging: writers.Staging,
+                  checkpoint: checkpoints.Checkpoint, ctx: Context, summary: RunSummary,
+                  positions: range) -> Optional[list[Partial]]:
+    """This rank's shard of a pass: its partial sums (with what a checkpoint held), merged over the ranks on
+    rank 0 (None on the others)."""
+    error: Optional[BaseException] = None
+    partials: list[Partial] = []
+    try:
+        partials = _run_shard(plan, index, data_pass, staging, checkpoint, ctx, summary, positions)
+    except (signals.Stopped, KeyboardInterrupt):
+        raise
+    except Exception as caught:  # noqa: BLE001  (the other ranks must hear of it)
+        if not ctx.enabled:
+            raise
+        error = caught
+    ctx.agree(error)
+    return ctx.gather_partials(partials)
 
 
 def _export(plan: Plan, job) -> torch.jit.ScriptModule:
@@ -86,17 +230,40 @@ def _export(plan: Plan, job) -> torch.jit.ScriptModule:
     return model if isinstance(model, torch.jit.ScriptModule) else to_torchscript(fuse_blocks(model))
 
 
-def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary: RunSummary):
+def element_shard(data_pass: DataPass, batch_size: int, index: int, count: int) -> range:
+    """Shard `index` of `count` of a pass's elements (session-major order): whole batches of the run that
+    one process would make, contiguous and balanced. Every batch then holds the same elements as in one
+    process, so each map is the same bit for bit and the means differ by summation order only."""
+    n = data_pass.n_elements
+    batches = shard(-(-n // batch_size), index, count)
+    return range(min(batches.start * batch_size, n), min(batches.stop * batch_size, n))
+
+
+def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Staging,
+               checkpoint: checkpoints.Checkpoint, ctx: Context, summary: RunSummary,
+               positions: range) -> list[Partial]:
+    """The maps of the elements at `positions` of a pass (from where a checkpoint left off), added to every
+    model's sums; individual maps written on the way; checkpoints every --checkpoint_every batches."""
     from .engine import Engine, EngineError
 
     config, maps = plan.config, plan.maps
     mode = maps.mode
     gpu = plan.device != "cpu"
+    n_elements = len(data_pass.element_ids)
+    sessions = data_pass.sessions
+    done = checkpoint.done(index)  # elements of this shard an interrupted run added (--continue)
+    prior = checkpoint.partials(index, len(data_pass.jobs))
+    resumed = done
+    if done:
+        summary.resumed_elements += done
+        log.info("%s%d of %d %s(s) were done before the interruption", f"rank {ctx.rank}: " if ctx.enabled else "",
+                 done, len(positions), mode)
     engines = []
     start = time.perf_counter()
-    for job in data_pass.jobs:
-        log.info("%s-%d best-%s: %d session(s) x %d %s(s)", maps.split_name, job.split, job.metric,
-                 len(data_pass.sessions), len(data_pass.element_ids), mode)
+    for job_index, job in enumerate(data_pass.jobs):
+        if ctx.is_main:
+            log.info("%s-%d best-%s: %d session(s) x %d %s(s)", maps.split_name, job.split, job.metric,
+                     len(data_pass.sessions), n_elements, mode)
         try:
             engine = Engine(_export(plan, job), device=plan.device, method=config.method, target=config.target_node,
                             amp=_amp_dtype() if config.amp else None,
@@ -104,58 +271,122 @@ def _run_pass(plan: Plan, data_pass: DataPass, staging: writers.Staging, summary
                             deterministic=config.deterministic, element_ids=data_pass.element_ids)
         except EngineError as error:
             raise MapsInterpretError(f"{job.model_path}: {error}") from None
-        engines.append((job, engine, staging.new_dir()))
+        engines.append((job, engine, staging.job_dir(index, job_index)))
     summary.engine_seconds += time.perf_counter() - start
 
+    def partials() -> list[Partial]:
+        return [before.to(engine.device).merge(Partial.of_engine(engine))
+                for before, (_, engine, _) in zip(prior, engines)]
+
+    first_session, skip = divmod(positions.start + done, n_elements)
+    end_session = -(-positions.stop // n_elements)
     on_device = config.preprocess_on == "device" or (config.preprocess_on == "auto" and gpu)
-    dataset = SessionDataset(data_pass.sessions, data_pass.layout, Preprocess.from_params(maps.params),
-                             maps.input_size, data_pass.element_ids, raw=on_device)
-    progress = tqdm(total=data_pass.n_elements, unit=mode, desc=f"{config.data_group}/{config.name}", disable=None,
-                    leave=False, dynamic_ncols=True)
+    dataset = SessionDataset(sessions[first_session:end_session], data_pass.layout,
+                             Preprocess.from_params(maps.params), maps.input_size, data_pass.element_ids,
+                             raw=on_device)
+    progress = tqdm(total=len(positions), initial=done, unit=mode,
+                    desc=f"{config.data_group}/{config.name}", disable=None if ctx.is_main else True, leave=False,
+                    dynamic_ncols=True)
     start = time.perf_counter()
-    first = True
+    first, since_checkpoint = True, 0
     with progress, writers.BackgroundWriter() as background:
-        batches = make_batches(dataset, config.n_proc, config.reader, config.batch_size, plan.device)
+        batches = make_batches(dataset, config.n_proc, config.reader, config.batch_size, plan.device, skip=skip,
+                               limit=len(positions) - done)
         for batch in prefetch(batches, depth=2 if gpu else 0):
-            batch.wait()  # GPU: the batch was made on another stream
-            for job, engine, folder in engines:
-                try:
-                    maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=config.save_individual)
-                except EngineError as error:
-                    hint = (f"; lower --batch_size (now {config.batch_size})" if "out of memory" in str(error).lower()
-                            else "")
-                    raise MapsInterpretError(f"{job.model_path}: {error}{hint}") from None
-                if maps_ is not None:
-                    maps_ = maps_.cpu()
-                    for map_, element, index in zip(maps_, batch.element_ids, batch.session_index):
-                        session = data_pass.sessions[index]
-                        stem = f"{session.participant_id}_{session.session_id}_{mode}-{element}_map"
-                        background.submit(_write_map, map_, folder / stem, config.save_nifti)
-            progress.update(len(batch.element_ids))
-            if first:  # the first accumulate blocks while cuDNN autotunes; later ones queue device work
-                summary.first_batch_seconds += time.perf_counter() - start
-                first = False
+            with signals.deferred():  # a signal now stops the run after this batch, with a checkpoint
+                batch.wait()  # GPU: the batch was made on another stream
+                for job, engine, folder in engines:
+                    try:
+                        maps_ = engine.accumulate(batch.images, batch.element_ids,
+                                                  return_maps=config.save_individual)
+                    except EngineError as error:
+                        hint = (f"; lower --batch_size (now {config.batch_size})"
+                                if "out of memory" in str(error).lower() else "")
+                        raise MapsInterpretError(f"{job.model_path}: {error}{hint}") from None
+                    if maps_ is not None:
+                        maps_ = maps_.cpu()
+                        for map_, element, position in zip(maps_, batch.element_ids, batch.session_index):
+                            session = sessions[first_session + position]
+                            stem = f"{session.participant_id}_{session.session_id}_{mode}-{element}_map"
+                            background.submit(_write_map, map_, folder / stem, config.save_nifti)
+                done += len(batch.element_ids)
+                since_checkpoint += 1
+                progress.update(len(batch.element_ids))
+                if first:  # the first accumulate blocks while cuDNN autotunes; later ones queue device work
+                    summary.first_batch_seconds += time.perf_counter() - start
+                    first = False
+                stop = signals.requested()
+                if stop is not None or (config.checkpoint_every and since_checkpoint >= config.checkpoint_every):
+                    # After the maps queued before it: the checkpoint never counts a map not on disk.
+                    background.submit(checkpoint.save, index, done, [p.state() for p in partials()])
+                    since_checkpoint = 0
+                if stop is not None:
+                    background.close()
+                    raise signals.Stopped(stop)
+            if ctx.failed():  # another rank failed: stop here, the error is raised where the ranks agree
+                break
     summary.loop_seconds += time.perf_counter() - start
-    summary.sessions += len(data_pass.sessions)
-    summary.maps += data_pass.n_elements * len(engines)
-
-    for job, engine, folder in engines:
-        zeros = engine.zero_fraction()  # one device synchronisation
-        if zeros is not None:
-            log.info("%s-%d best-%s: %.4f%% of the gradient values are exactly zero under --amp (compare with a "
-                     "float32 run to see underflow)", maps.split_name, job.split, job.metric, 100 * zeros)
-        for element, mean in group_means(engine, config.compat, len(data_pass.sessions),
-                                         len(data_pass.element_ids)).items():
-            _write_map(mean.cpu(), folder / f"mean_{mode}-{element}_map", config.save_nifti)
-    return [(job, folder) for job, _, folder in engines]
+    summary.sessions += max(0, end_session - first_session)
+    summary.maps += (done - resumed) * len(engines)
+    return partials()
 
 
-def group_means(engine, compat, n_sessions: int, n_elements: int) -> dict[int, torch.Tensor]:
-    """The mean map of each element over the sessions. ClinicaDL divides every element's sum by
-    sessions x elements per image instead (`--compat clinicadl` reproduces it)."""
-    if compat == "clinicadl":
-        return {element: total / (n_sessions * n_elements) for element, total in engine.sums().items()}
-    return engine.means()
+def _write_means(plan: Plan, data_pass: DataPass, partial: Partial, folder: Path) -> None:
+    """Each element's mean map. ClinicaDL divides every element's sum by sessions x elements per image
+    instead (`--compat clinicadl` reproduces it)."""
+    config = plan.config
+    if partial.sums is None:
+        raise MapsInterpretError(f"no map was computed for {folder}")
+    means = (partial.clinicadl_means(len(data_pass.sessions), len(data_pass.element_ids))
+             if config.compat == "clinicadl" else partial.means())
+    for element, mean in means.items():
+        _write_map(mean.cpu(), folder / f"mean_{plan.maps.mode}-{element}_map", config.save_nifti)
+
+
+def _merge_parts(plan: Plan, summary: RunSummary) -> None:
+    """--merge_parts: the finished parts' partial sums added in part order, their individual maps linked
+    into the final folders (the parts stay intact until everything is in place), then the data group and
+    the folders, as one uninterrupted run would leave them; finally the parts' folders are removed."""
+    config = plan.config
+    fingerprint = checkpoints.fingerprint(plan)
+    root = plan.maps.path / writers.STAGING_DIRNAME
+    parts = []
+    for part in range(config.num_parts):
+        run_dir = root / checkpoints.run_key(config, part_id=part)
+        parts.append((run_dir, checkpoints.read_part(run_dir, fingerprint, part, config.num_parts)))
+    _pass_states(plan, checkpoints.Checkpoint(root, 0, 1, fingerprint))  # output folders: refused if present
+    staging = writers.Staging(plan.maps.path, f"{config.data_group}-{config.name}-merge")
+    _open(staging, config)
+    done = False
+    try:
+        for index, data_pass in enumerate(plan.passes):
+            for job_index, job in enumerate(data_pass.jobs):
+                folder = staging.job_dir(index, job_index)
+                partial = merge_all(checkpoints.part_partials(run_dir, state, index)[job_index]
+                                    for run_dir, state in parts)
+                _write_means(plan, data_pass, partial, folder)
+                for run_dir, _ in parts:
+                    for path in sorted((run_dir / f"pass-{index}-job-{job_index}").glob("*")):
+                        os.link(path, folder / path.name)
+            summary.sessions += len(data_pass.sessions)
+        commit_group(plan.maps, plan.group)
+        for index, data_pass in enumerate(plan.passes):
+            for job_index, job in enumerate(data_pass.jobs):
+                writers.Staging.publish(staging.job_dir(index, job_index), job.output_dir,
+                                        replace=config.overwrite_name)
+                summary.outputs.append(job.output_dir)
+                log.info("wrote %s", job.output_dir)
+        done = True
+    finally:
+        staging.close(keep=False)
+    if done:
+        for run_dir, _ in parts:
+            writers.remove_tree(run_dir)
+            (root / f"{run_dir.name}.lock").unlink(missing_ok=True)
+        try:
+            root.rmdir()
+        except OSError:
+            pass
 
 
 def nifti_array(map_: torch.Tensor) -> torch.Tensor:

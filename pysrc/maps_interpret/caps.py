@@ -309,20 +309,45 @@ def _read_in_threads(dataset: SessionDataset, threads: int, depth: int) -> Itera
 
 
 def make_batches(dataset: SessionDataset, n_proc: int, reader: str, batch_size: int,
-                 device: torch.device) -> Iterator["Batch"]:
+                 device: torch.device, skip: int = 0, limit: Optional[int] = None) -> Iterator["Batch"]:
     """The batches of a pass as the command makes them: raw items preprocessed on `device`
     (`DevicePreprocess`) when `dataset.raw`; else, for one element per session read in threads, straight
     into the batch (`batches_in_threads`); else items from `session_items` gathered by `rebatch` (pinned for
-    a GPU). DataLoader processes start in the calling thread: call this from the main thread."""
+    a GPU). DataLoader processes start in the calling thread: call this from the main thread.
+
+    `skip`: the first elements of the first session are left out before batching (a shard or a resumed run
+    that starts inside a session: its batches are then those of the whole run); `limit`: at most that many
+    elements in all."""
     device = torch.device(device)
     gpu = device.type == "cuda"
     if reader == "threads" and n_proc > 0 and not dataset.raw and len(dataset.element_ids) == 1:
-        return batches_in_threads(dataset, n_proc, batch_size, pin=gpu)
+        return _limited(batches_in_threads(dataset, n_proc, batch_size, pin=gpu), limit)  # skip is 0: one element
     batch_sessions = -(-batch_size // max(1, len(dataset.element_ids)))
     items = session_items(dataset, n_proc, reader, batch_sessions)
     if dataset.raw:
-        return DevicePreprocess(dataset, device, batch_size)(items)
-    return rebatch(items, batch_size, pin=gpu)
+        return _limited(DevicePreprocess(dataset, device, batch_size, skip=skip)(items), limit)
+    return _limited(rebatch(items, batch_size, pin=gpu, skip=skip), limit)
+
+
+def _limited(batches: Iterator["Batch"], limit: Optional[int]) -> Iterator["Batch"]:
+    """The batches up to `limit` elements in all (the last one cut if needed); then the source is closed."""
+    if limit is None:
+        yield from batches
+        return
+    try:
+        while limit > 0:
+            batch = next(batches, None)
+            if batch is None:
+                return
+            if len(batch.element_ids) > limit:
+                batch = Batch(batch.images[:limit], batch.element_ids[:limit], batch.session_index[:limit],
+                              batch.ready)
+            limit -= len(batch.element_ids)
+            yield batch
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def batches_in_threads(dataset: SessionDataset, threads: int, batch_size: int, pin: bool = False,
@@ -382,10 +407,11 @@ class DevicePreprocess:
     work; each batch carries the event its consumer waits for (`Batch.wait`). Every model of a pass then
     uses the same device copy."""
 
-    def __init__(self, dataset: SessionDataset, device: torch.device, batch_size: int):
+    def __init__(self, dataset: SessionDataset, device: torch.device, batch_size: int, skip: int = 0):
         self.dataset = dataset
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.skip = skip  # elements of the first session(s) left out (see make_batches)
 
     def _path(self, session_index: int, element_position: int) -> Path:
         session = self.dataset.sessions[session_index]
@@ -421,13 +447,19 @@ class DevicePreprocess:
         def waiting() -> int:
             return sum(len(ids) for _, ids, _ in pending)
 
+        skip = self.skip
+
         def flush() -> None:
+            nonlocal skip
             if group:
                 with torch.cuda.stream(stream) if stream is not None else nullcontext():
                     values = self._elements(group)
                 ids = [e for item in group for e in item.element_ids]
                 sessions = [item.session_index for item in group for _ in item.element_ids]
-                pending.append((values, ids, sessions))
+                dropped = min(skip, len(ids))
+                skip -= dropped
+                if dropped < len(ids):
+                    pending.append((values[dropped:], ids[dropped:], sessions[dropped:]))
                 group.clear()
 
         def take(count: int) -> Batch:
@@ -463,9 +495,10 @@ class DevicePreprocess:
             yield take(waiting())
 
 
-def rebatch(items: Iterable[SessionItem], batch_size: int, pin: bool = False) -> Iterator[Batch]:
-    """Batches of `batch_size` elements over the session-major stream (the last one may be short); a
-    session that failed to load raises its one-line error here, in the main process."""
+def rebatch(items: Iterable[SessionItem], batch_size: int, pin: bool = False, skip: int = 0) -> Iterator[Batch]:
+    """Batches of `batch_size` elements over the session-major stream (the last one may be short), without
+    its first `skip` elements; a session that failed to load raises its one-line error here, in the main
+    process."""
     pending: list[tuple[torch.Tensor, int, int]] = []
 
     def emit(chunk):
@@ -480,6 +513,9 @@ def rebatch(items: Iterable[SessionItem], batch_size: int, pin: bool = False) ->
         if item.raw:
             raise AssertionError("rebatch takes preprocessed items; raw ones go through DevicePreprocess")
         pending.extend(zip(item.elements.unbind(0), item.element_ids, [item.session_index] * len(item.element_ids)))
+        if skip:
+            dropped = min(skip, len(pending))
+            pending, skip = pending[dropped:], skip - dropped
         while len(pending) >= batch_size:
             yield emit(pending[:batch_size])
             pending = pending[batch_size:]

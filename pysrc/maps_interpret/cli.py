@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 from argparse_dataclass import ArgumentParser
 
+from . import signals
 from .config import InterpretConfig
 from .errors import MapsInterpretError, first_line
 
@@ -33,12 +34,11 @@ class _Parser(ArgumentParser):
         return super().add_argument(*args, **kwargs)
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that clean-up runs."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
+def _say(line: str) -> None:
+    """One line on stderr in one write: the ranks of a torchrun job share it, and `print` writes the text and
+    its newline separately (two ranks' lines would interleave)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
 
 
 def build_parser() -> ArgumentParser:
@@ -49,7 +49,8 @@ def build_parser() -> ArgumentParser:
         "(the mean map always, one map per session with --save_individual).",
         epilog="Exit status: 0 success, 1 error (bad input, missing file, no GPU...), 2 usage error, "
         "120 the maps were written but the list of result folders could not be printed (closed pipe, full disk), "
-        "130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Errors are one line on stderr; add --verbose for a "
+        "130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 138 stopped by SIGUSR1 (a stop inside the loop over "
+        "batches checkpoints first: rerun with --continue). Errors are one line on stderr; add --verbose for a "
         "traceback.",
     )
 
@@ -71,29 +72,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ImportError as error:  # the core is missing or was built for another torch: say which
         if config.verbose:
             raise
-        print(f"{PROG}: error: {first_line(error)}", file=sys.stderr)
+        _say(f"{PROG}: error: {first_line(error)}")
         return 1
 
-    # SIGTERM (a scheduler's time limit, `kill`) unwinds like Ctrl-C, so the staging folder is removed.
-    signal.signal(signal.SIGTERM, _terminate)
+    # SIGTERM/SIGUSR1 (a scheduler's time limit or warning, torchrun stopping the ranks) and Ctrl-C: inside the
+    # loop over batches the run checkpoints after the batch in hand and stops; elsewhere it unwinds at once.
+    signals.install()
     try:
         summary = api.run(config)
     except MapsInterpretError as error:
         if config.verbose:
             logging.getLogger(__name__).exception("failed")
-        print(f"{PROG}: error: {first_line(error)}", file=sys.stderr)
+        _say(f"{PROG}: error: {first_line(error)}")
         return error.exit_code
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; no partial result was left in the MAPS", file=sys.stderr)
+        _say(f"{PROG}: interrupted; no partial result was left in the MAPS")
         return 130
-    except Terminated:
-        print(f"{PROG}: terminated (SIGTERM); no partial result was left in the MAPS", file=sys.stderr)
-        return 143
+    except signals.Stopped as stop:
+        if stop.checkpoint:
+            _say(f"{PROG}: stopped by {stop.name}; the progress was checkpointed in {stop.checkpoint}: run the same "
+                 "command with --continue to resume")
+        elif stop.signum == signal.SIGINT:
+            _say(f"{PROG}: interrupted; no partial result was left in the MAPS")
+        else:
+            _say(f"{PROG}: terminated ({stop.name}); no partial result was left in the MAPS")
+        return stop.exit_code
     except Exception as error:  # a bug or an environment failure: still one line unless --verbose
         if config.verbose:
             raise
-        print(f"{PROG}: error: {type(error).__name__}: {first_line(error)} (rerun with --verbose for the traceback)",
-              file=sys.stderr)
+        _say(f"{PROG}: error: {type(error).__name__}: {first_line(error)} (rerun with --verbose for the traceback)")
         return 1
     for folder in summary.outputs:  # stdout: the result, for scripts; logs go to stderr
         print(folder)

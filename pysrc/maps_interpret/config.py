@@ -90,6 +90,23 @@ class InterpretConfig:
         "--preprocess_on", type=str, choices=PREPROCESS_ON,
         help="Where images are cut, checked and normalised: by the loader workers (on CPU cores), or on the "
              "compute device after one copy per batch (default auto: on the GPU, else the loader; same values)."))
+    resume: bool = field(default=False, metadata=_opt(
+        "--continue",
+        help="Resume an interrupted run of this data group and NAME from its checkpoint (sessions done and "
+             "individual maps written are skipped); with no checkpoint, start from the beginning. Refused if the "
+             "options, models or sessions differ from the interrupted run's."))
+    checkpoint_every: int = field(default=100, metadata=_opt(
+        "--checkpoint_every", type=int, metavar="N",
+        help="Checkpoint the partial sums every N batches (default: 100; 0: only when stopped by SIGTERM, "
+             "SIGUSR1 or Ctrl-C), so that --continue loses at most N batches after a SIGKILL."))
+    num_parts: int = field(default=1, metadata=_opt(
+        "--num_parts", type=int, metavar="K",
+        help="Split the sessions into K parts computed by separate jobs (with --part_id), then combined by "
+             "--merge_parts (default: 1, no parts)."))
+    part_id: int = field(default=0, metadata=_opt(
+        "--part_id", type=int, metavar="I", help="Which part this job computes, 0..K-1 (with --num_parts K)."))
+    merge_parts: bool = field(default=False, metadata=_opt(
+        "--merge_parts", help="Combine the K finished parts (--num_parts K) into the final maps and data group."))
     verbose: bool = field(default=False, metadata=_opt(
         "-v", "--verbose", help="Debug logging, and a traceback on errors."))
 
@@ -124,5 +141,19 @@ def validate(config: InterpretConfig) -> None:
         raise UsageError(f"--target_node must be 0 or more, got {config.target_node}")
     if config.level_grad_cam is not None and config.level_grad_cam < 1:
         raise UsageError(f"--level_grad_cam must be at least 1, got {config.level_grad_cam}")
+    if config.checkpoint_every < 0:
+        raise UsageError(f"--checkpoint_every must be 0 (only on signals) or more, got {config.checkpoint_every}")
+    if config.num_parts < 1:
+        raise UsageError(f"--num_parts must be at least 1, got {config.num_parts}")
+    if not 0 <= config.part_id < config.num_parts:
+        raise UsageError(f"--part_id must be in 0..{config.num_parts - 1} (--num_parts {config.num_parts}), "
+                         f"got {config.part_id}")
+    if config.merge_parts and config.num_parts < 2:
+        raise UsageError("--merge_parts needs --num_parts K (K >= 2): the number of parts to combine")
+    if config.resume and config.overwrite:
+        raise UsageError("--continue resumes a run as it was defined; --overwrite would redefine the data group: "
+                         "remove one of them")
+    if config.resume and config.merge_parts:
+        raise UsageError("--merge_parts computes nothing and cannot be continued: remove --continue")
     if config.amp and not config.gpu:
         raise UsageError("--amp needs the GPU: remove --amp or --no-gpu")

@@ -8,6 +8,7 @@ the command has passed, so a refused command leaves the MAPS as it was.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -20,6 +21,7 @@ from .participants import Participants, check_sessions, load_participants, resol
 from .tables import read_table
 
 TRAINING_GROUPS = ("train", "validation")
+log = logging.getLogger("maps_interpret")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,10 @@ def plan_group(maps: Maps, config: InterpretConfig) -> GroupPlan:
         _check_leakage(maps, name, definition)
         return GroupPlan(name, new_definition=definition, erase_results=True)
     if exists:
+        if given and config.resume:  # the interrupted run defined it; its checkpoint holds the sessions it used
+            log.info("data group %s is already defined (by the interrupted run): --participants_tsv and "
+                     "--caps_directory are not read again", name)
+            return GroupPlan(name, new_definition=None, erase_results=False)
         if given:
             raise UsageError(
                 f"data group {name} is already defined in {maps.groups_dir / name}: to use it, give neither "

@@ -86,10 +86,7 @@ def make_plan(config: InterpretConfig) -> Plan:
     from .models import model_file
 
     for split, metric in models:
-        output_dir = maps.results_dir(split, metric, config.data_group, config.name)
-        if output_dir.exists() and not (config.overwrite_name or group.erase_results):
-            raise MapsInterpretError(f"{output_dir} already exists: choose another NAME, or add --overwrite_name "
-                                     "to replace it")
+        output_dir = maps.results_dir(split, metric, config.data_group, config.name)  # checked by api (--continue)
         definition = definition_for_split(maps, group, split)
         if not definition.rows:
             raise MapsInterpretError(empty_group_message(maps, config, split))

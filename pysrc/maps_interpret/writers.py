@@ -65,6 +65,21 @@ def save_tensor(tensor, path: Path) -> None:
         raise
 
 
+def save_state(state, path: Path) -> None:
+    """Any torch-serialisable object (a dict of CPU tensors), written atomically."""
+    import torch
+
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(state, handle)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+
+
 def save_nifti(volume, path: Path, affine=None) -> None:
     """A float32 NIfTI-1 file (gzip when the name ends in .gz) of `volume` (a numpy array)."""
     import nibabel as nib
@@ -150,41 +165,105 @@ class BackgroundWriter:
 
 
 class Staging:
-    """Temporary interpretation folders inside the MAPS, moved into place on success.
+    """A run's folder inside the MAPS, `.maps-interpret-staging/<key>`: interpretation folders being built
+    (moved into place whole once computed) and the run's checkpoints (`--continue`).
 
-    A run that fails or is interrupted removes its staging folder; only a killed process leaves one, named
-    after host, pid and time, which a later run on the same host removes once that pid is gone.
+    One run owns a key at a time: it holds an flock on `<key>.lock` beside the folder (released by the
+    kernel when the process dies, however it dies). On opening, folders of other keys that nobody holds
+    and that hold no checkpoint are what killed runs left: they are removed. A folder with a checkpoint is
+    kept until a run `--continue`s it or discards it (`--overwrite_name`). The run decides at the end
+    whether its folder goes (success, error) or stays (interrupted with a checkpoint, finished part).
+    Other ranks of a torchrun job use the folder of rank 0 (`Staging.join`) without owning it.
     """
 
-    def __init__(self, maps_path: Path):
+    def __init__(self, maps_path: Path, key: str):
         self.root = Path(maps_path) / STAGING_DIRNAME
-        self.run_dir = self.root / f"{socket.gethostname()}-{os.getpid()}-{time.strftime('%Y%m%dT%H%M%S')}"
-        self._count = 0
+        self.key = key
+        self.run_dir = self.root / key
+        self._lock = None
 
-    def __enter__(self) -> "Staging":
-        for folder in sorted(self.root.iterdir()) if self.root.is_dir() else []:
-            host, _, rest = folder.name.rpartition("-")[0].rpartition("-")
-            pid = int(rest) if rest.isdigit() else None
-            if host == socket.gethostname() and pid is not None and not _alive(pid):
+    @classmethod
+    def join(cls, maps_path: Path, key: str) -> "Staging":
+        return cls(maps_path, key)
+
+    def open(self, keep_checkpoint: bool, discard_checkpoint: bool) -> bool:
+        """Takes the key, clears what killed runs left; returns whether the run folder holds a checkpoint
+        (kept when `keep_checkpoint`, removed when `discard_checkpoint`, else refused)."""
+        import fcntl
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / f"{self.key}.lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise FileExistsError(f"{self.run_dir} is in use by another run of the same data group and NAME; "
+                                  "wait for it to finish, or choose another NAME") from None
+        self._lock = handle
+        self._remove_abandoned()
+        resumable = has_checkpoint(self.run_dir)
+        if resumable and not keep_checkpoint:
+            if not discard_checkpoint:
+                self.release()
+                raise FileExistsError(
+                    f"an interrupted run left a checkpoint in {self.run_dir}: add --continue to resume it, or "
+                    "--overwrite_name to discard it and start over")
+            log.info("discarding the checkpoint of an interrupted run in %s (--overwrite_name)", self.run_dir)
+        if self.run_dir.exists() and not (resumable and keep_checkpoint):
+            if not resumable:
+                log.info("removing %s, left by a run that was killed", self.run_dir)
+            shutil.rmtree(self.run_dir)
+            resumable = False
+        self.run_dir.mkdir(exist_ok=True)
+        return resumable
+
+    def _remove_abandoned(self) -> None:
+        import fcntl
+
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir() or folder.name == self.key or folder.name.startswith("."):
+                continue
+            if has_checkpoint(folder):
+                log.info("%s holds the checkpoint of an interrupted run (resume it with --continue); left alone",
+                         folder)
+                continue
+            lock = self.root / f"{folder.name}.lock"
+            if not lock.exists():  # a folder of an earlier version of maps-interpret: host-pid-time
+                host, _, rest = folder.name.rpartition("-")[0].rpartition("-")
+                if not (host == socket.gethostname() and rest.isdigit() and not _alive(int(rest))):
+                    log.warning("%s is used by another run (or by a killed run on another host); it is left "
+                                "alone", folder)
+                    continue
                 log.info("removing %s, left by a run that was killed", folder)
                 shutil.rmtree(folder, ignore_errors=True)
-            else:
-                log.warning("%s is used by another run (or by a killed run on another host); it is left alone",
-                            folder)
-        self.run_dir.mkdir(parents=True)
-        return self
+                continue
+            with open(lock, "a+") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live run
+                log.info("removing %s, left by a run that was killed", folder)
+                shutil.rmtree(folder, ignore_errors=True)
 
-    def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+    def close(self, keep: bool) -> None:
+        """Removes the run folder unless `keep`; releases the key."""
+        if not keep:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            _unlink_quietly(str(self.root / f"{self.key}.lock"))
+        self.release()
         try:
             self.root.rmdir()  # only when no other run uses it
         except OSError:
             pass
 
-    def new_dir(self) -> Path:
-        self._count += 1
-        path = self.run_dir / f"job-{self._count}"
-        path.mkdir()
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def job_dir(self, pass_index: int, job_index: int) -> Path:
+        path = self.run_dir / f"pass-{pass_index}-job-{job_index}"
+        path.mkdir(parents=True, exist_ok=True)
         return path
 
     @staticmethod
@@ -201,6 +280,15 @@ class Staging:
         os.replace(final, old)
         os.replace(staged, final)
         shutil.rmtree(old)
+
+
+CHECKPOINT_PREFIX = "checkpoint"
+PART_MARKER = "part.json"
+
+
+def has_checkpoint(folder: Path) -> bool:
+    """Whether a run folder holds something a later run needs: a checkpoint, or a finished part."""
+    return folder.is_dir() and (any(folder.glob(f"{CHECKPOINT_PREFIX}-*.json")) or (folder / PART_MARKER).is_file())
 
 
 def _alive(pid: int) -> bool:
