@@ -2,6 +2,9 @@
 //
 // Errors cross into Python as values: each call catches C++ exceptions itself and returns a Python exception
 // object (its message only), which the wrapper (maps_interpret/engine.py) raises as a one-line error.
+// Why not pybind11's exception translation: on the lent GPU image a static libstdc++ copy inside this module
+// crashed while a C++ exception's message was formatted. The link fix (CMakeLists.txt) addresses that, but no
+// GPU run has confirmed it yet (BENCHMARKS.md): until one does, no C++ exception crosses this boundary.
 #include <torch/csrc/jit/python/pybind.h>
 #include <torch/csrc/utils/pybind.h>
 #include <pybind11/stl.h>
@@ -62,7 +65,18 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("amp", &mi::EngineOptions::amp)
       .def_readwrite("cam_variant", &mi::EngineOptions::cam_variant)
       .def_readwrite("deterministic", &mi::EngineOptions::deterministic)
-      .def_readwrite("count_zeros", &mi::EngineOptions::count_zeros);
+      .def_readwrite("count_zeros", &mi::EngineOptions::count_zeros)
+      .def_readwrite("target_mode", &mi::EngineOptions::target_mode)
+      .def_readwrite("n_samples", &mi::EngineOptions::n_samples)
+      .def_readwrite("noise_level", &mi::EngineOptions::noise_level)
+      .def_readwrite("n_steps", &mi::EngineOptions::n_steps)
+      .def_readwrite("baseline", &mi::EngineOptions::baseline)
+      .def_readwrite("chunk", &mi::EngineOptions::chunk)
+      .def_readwrite("seed", &mi::EngineOptions::seed)
+      .def_readwrite("abs", &mi::EngineOptions::abs)
+      .def_readwrite("statistics", &mi::EngineOptions::statistics)
+      .def_readwrite("group_by", &mi::EngineOptions::group_by);
+  m.attr("SUBSET_STRIDE") = mi::kSubsetStride;
 
   py::class_<mi::Engine>(m, "Engine")
       .def_static("create", [](const torch::jit::Module& module, const mi::EngineOptions& options) {
@@ -72,15 +86,30 @@ PYBIND11_MODULE(_core, m) {
         return guarded([&] { return mi::Engine::from_file(path, options); });
       }, py::arg("path"), py::arg("options"))
       .def("accumulate", [](mi::Engine& engine, const at::Tensor& batch, const std::vector<int64_t>& ids,
-                            bool return_maps) {
-        return guarded([&] { return engine.accumulate(batch, ids, return_maps); });
-      }, py::arg("batch"), py::arg("ids"), py::arg("return_maps") = false)
+                            bool return_maps, const std::vector<int64_t>& targets, const std::vector<int64_t>& seeds,
+                            const std::vector<int64_t>& subsets, const std::vector<int64_t>& labels) {
+        return guarded([&] { return engine.accumulate(batch, ids, return_maps, targets, seeds, subsets, labels); });
+      }, py::arg("batch"), py::arg("ids"), py::arg("return_maps") = false,
+         py::arg("targets") = std::vector<int64_t>{}, py::arg("seeds") = std::vector<int64_t>{},
+         py::arg("subsets") = std::vector<int64_t>{}, py::arg("labels") = std::vector<int64_t>{})
       .def("reserve", [](mi::Engine& engine, const std::vector<int64_t>& ids) {
         return guarded([&] { engine.reserve(ids); return true; });
       }, py::arg("ids"))
-      .def("ids", [](const mi::Engine& engine) { return guarded([&] { return engine.ids(); }); })
-      .def("counts", [](const mi::Engine& engine) { return guarded([&] { return engine.counts(); }); })
-      .def("sums", [](const mi::Engine& engine) { return guarded([&] { return engine.sums(); }); })
+      .def("ids", [](const mi::Engine& engine, bool subsets) { return guarded([&] { return engine.ids(subsets); }); },
+           py::arg("subsets") = false)
+      .def("counts", [](const mi::Engine& engine, bool subsets) {
+        return guarded([&] { return engine.counts(subsets); });
+      }, py::arg("subsets") = false)
+      .def("sums", [](const mi::Engine& engine, bool subsets) { return guarded([&] { return engine.sums(subsets); }); },
+           py::arg("subsets") = false)
+      .def("abs_sums", [](const mi::Engine& engine, bool subsets) {
+        return guarded([&] { return engine.abs_sums(subsets); });
+      }, py::arg("subsets") = false)
+      .def("welford_means", [](const mi::Engine& engine, bool subsets) {
+        return guarded([&] { return engine.welford_means(subsets); });
+      }, py::arg("subsets") = false)
+      .def("m2", [](const mi::Engine& engine, bool subsets) { return guarded([&] { return engine.m2(subsets); }); },
+           py::arg("subsets") = false)
       .def("means", [](const mi::Engine& engine) { return guarded([&] { return engine.means(); }); })
       .def("zero_fraction", [](const mi::Engine& engine) { return guarded([&] { return engine.zero_fraction(); }); })
       .def_property_readonly("device", &mi::Engine::device);

@@ -24,7 +24,26 @@ c10::Device parse_device(const std::string& spec) {
 Method parse_method(const std::string& method) {
   if (method == "gradients") return Method::kGradients;
   if (method == "grad-cam") return Method::kGradCam;
-  TORCH_CHECK(false, "unknown attribution method '", method, "': use gradients or grad-cam");
+  if (method == "input-x-gradient") return Method::kInputXGradient;
+  if (method == "smoothgrad") return Method::kSmoothGrad;
+  if (method == "integrated-gradients") return Method::kIntegratedGradients;
+  TORCH_CHECK(false, "unknown attribution method '", method, "': use gradients, grad-cam, input-x-gradient, "
+              "smoothgrad or integrated-gradients");
+}
+
+GroupBy parse_group_by(const std::string& group_by) {
+  if (group_by == "none") return GroupBy::kNone;
+  if (group_by == "given") return GroupBy::kGiven;
+  if (group_by == "predicted") return GroupBy::kPredicted;
+  if (group_by == "correct") return GroupBy::kCorrect;
+  TORCH_CHECK(false, "unknown group_by '", group_by, "': use none, given, predicted or correct");
+}
+
+TargetMode parse_target_mode(const std::string& mode) {
+  if (mode == "node") return TargetMode::kNode;
+  if (mode == "given") return TargetMode::kGiven;
+  if (mode == "predicted") return TargetMode::kPredicted;
+  TORCH_CHECK(false, "unknown target mode '", mode, "': use node, given or predicted");
 }
 
 CamVariant parse_cam_variant(const std::string& variant) {
@@ -60,10 +79,18 @@ Engine::Engine(const torch::jit::Module& model, EngineOptions options)
     : options_(std::move(options)),
       device_(parse_device(options_.device)),
       method_(parse_method(options_.method)),
+      target_mode_(parse_target_mode(options_.target_mode)),
+      group_by_(parse_group_by(options_.group_by)),
       cam_variant_(parse_cam_variant(options_.cam_variant)),
       amp_(parse_amp(options_.amp)),
-      model_(model.clone()) {  // own copy: moving it to the device leaves the caller's intact
+      model_(model.clone()),  // own copy: moving it to the device leaves the caller's intact
+      sums_(options_.statistics),
+      subsets_(options_.statistics) {
   TORCH_CHECK(options_.target >= 0, "target node must be >= 0, got ", options_.target);
+  TORCH_CHECK(options_.n_samples >= 1 && options_.n_steps >= 1 && options_.chunk >= 0,
+              "n_samples and n_steps must be >= 1 and chunk >= 0; got ", options_.n_samples, ", ", options_.n_steps,
+              ", ", options_.chunk);
+  TORCH_CHECK(options_.noise_level >= 0, "the noise level must be >= 0, got ", options_.noise_level);
   if (device_.is_cuda()) set_cuda_policy(options_.deterministic, !amp_.has_value());
   model_.to(device_);
   model_.eval();
@@ -82,29 +109,98 @@ std::unique_ptr<Engine> Engine::from_file(const std::string& path, EngineOptions
   return std::make_unique<Engine>(torch::jit::load(path, c10::Device("cpu")), std::move(options));
 }
 
-at::Tensor Engine::compute(const at::Tensor& x) {
+at::Tensor Engine::targets_for(const at::Tensor& x, const std::vector<int64_t>& given,
+                               const at::Tensor& predicted) {
+  const int64_t n = x.size(0);
+  const auto longs = x.options().dtype(at::kLong);
+  switch (target_mode_) {
+    case TargetMode::kGiven:
+      TORCH_CHECK(static_cast<int64_t>(given.size()) == n, "got ", given.size(), " targets for a batch of ", n);
+      for (auto t : given) TORCH_CHECK_INDEX(t >= 0, "target node ", t, " is out of range");
+      return at::tensor(given, at::TensorOptions().dtype(at::kLong)).to(x.device(), /*non_blocking=*/true);
+    case TargetMode::kPredicted:
+      return predicted;
+    case TargetMode::kNode:
+      break;
+  }
+  return at::full({n}, options_.target, longs);
+}
+
+std::vector<int64_t> Engine::subset_keys(const std::vector<int64_t>& ids, const std::vector<int64_t>& subsets,
+                                         const std::vector<int64_t>& labels, const at::Tensor& predicted) {
+  const size_t n = ids.size();
+  std::vector<int64_t> groups;
+  if (group_by_ == GroupBy::kGiven) {
+    TORCH_CHECK(subsets.size() == n, "got ", subsets.size(), " subsets for a batch of ", n);
+    groups = subsets;
+  } else {
+    // One small copy per batch (B integers): the subsets decide which sums a map joins.
+    const at::Tensor classes = predicted.cpu();
+    const int64_t* p = classes.data_ptr<int64_t>();
+    if (group_by_ == GroupBy::kCorrect) TORCH_CHECK(labels.size() == n, "got ", labels.size(), " labels for a batch of ", n);
+    for (size_t i = 0; i < n; ++i) {
+      groups.push_back(group_by_ == GroupBy::kPredicted ? p[i] : static_cast<int64_t>(p[i] == labels[i]));
+    }
+  }
+  std::vector<int64_t> keys;
+  for (size_t i = 0; i < n; ++i) {
+    TORCH_CHECK(groups[i] >= 0 && ids[i] >= 0 && ids[i] < kSubsetStride, "subset ", groups[i], " or element id ",
+                ids[i], " out of range");
+    keys.push_back(groups[i] * kSubsetStride + ids[i]);
+  }
+  return keys;
+}
+
+at::Tensor Engine::compute(const at::Tensor& x, const at::Tensor& targets, const std::vector<int64_t>& seeds) {
+  // The fixed node is checked against the output's width; given and predicted targets are in range by
+  // construction (labels through label_code, checked by the caller; argmax).
+  const int64_t node = target_mode_ == TargetMode::kNode ? options_.target : -1;
+  SampledOptions sampled;
+  sampled.noise_level = options_.noise_level;
+  sampled.baseline = options_.baseline;
+  sampled.chunk = options_.chunk;
+  sampled.seed = options_.seed;
   switch (method_) {
     case Method::kGradCam:
-      return grad_cam(*trunk_, *head_, x, options_.target, amp_, cam_variant_);
+      return grad_cam(*trunk_, *head_, x, targets, amp_, cam_variant_, node);
+    case Method::kInputXGradient:
+      return input_gradients(model_, x, targets, amp_, node).mul_(x);
+    case Method::kSmoothGrad:
+      sampled.copies = options_.n_samples;
+      return smoothgrad(model_, x, targets, amp_, sampled, seeds, node);
+    case Method::kIntegratedGradients:
+      sampled.copies = options_.n_steps;
+      return integrated_gradients(model_, x, targets, amp_, sampled, node);
     case Method::kGradients:
       break;
   }
-  return input_gradients(model_, x, options_.target, amp_);
+  return input_gradients(model_, x, targets, amp_, node);
 }
 
-std::optional<at::Tensor> Engine::accumulate(const at::Tensor& batch,
-                                             const std::vector<int64_t>& ids, bool return_maps) {
+std::optional<at::Tensor> Engine::accumulate(const at::Tensor& batch, const std::vector<int64_t>& ids,
+                                             bool return_maps, const std::vector<int64_t>& targets,
+                                             const std::vector<int64_t>& seeds, const std::vector<int64_t>& subsets,
+                                             const std::vector<int64_t>& labels) {
   TORCH_CHECK(batch.dim() >= 3, "a batch must be (B, C, *spatial); got shape ", batch.sizes());
   TORCH_CHECK(batch.size(0) == static_cast<int64_t>(ids.size()), "got ", ids.size(),
               " element ids for a batch of ", batch.size(0));
   TORCH_CHECK(batch.is_floating_point(), "a batch must hold floating-point values, got ",
               batch.scalar_type());
+  std::vector<int64_t> own_seeds = seeds;
+  if (method_ == Method::kSmoothGrad && own_seeds.empty()) {
+    for (size_t i = 0; i < ids.size(); ++i) own_seeds.push_back(static_cast<int64_t>(i));
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   // non_blocking overlaps the copy with compute when the caller pinned the batch.
   // A batch already on the device (preprocessed there) is used as is; a host one is copied here.
   at::Tensor x = batch.to(device_, at::kFloat, /*non_blocking=*/true);
-  at::Tensor maps = compute(x);
+  const bool need_classes = target_mode_ == TargetMode::kPredicted || group_by_ == GroupBy::kPredicted ||
+                            group_by_ == GroupBy::kCorrect;
+  const at::Tensor predicted = need_classes ? predicted_targets(model_, x, amp_) : at::Tensor();
+  at::Tensor maps = compute(x, targets_for(x, targets, predicted), own_seeds);
+  if (options_.abs) maps.abs_();
   sums_.add(maps, ids);
+  if (group_by_ != GroupBy::kNone) subsets_.add(maps, subset_keys(ids, subsets, labels, predicted));
   if (options_.count_zeros) {
     at::Tensor zeros = maps.eq(0).sum();
     zeros_ = zeros_.defined() ? zeros_.add_(zeros) : zeros;
@@ -126,19 +222,34 @@ void Engine::reserve(const std::vector<int64_t>& ids) {
   sums_.reserve(ids);
 }
 
-std::vector<int64_t> Engine::ids() const {
+std::vector<int64_t> Engine::ids(bool subsets) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return sums_.ids();
+  return subsets ? subsets_.ids() : sums_.ids();
 }
 
-std::vector<int64_t> Engine::counts() const {
+std::vector<int64_t> Engine::counts(bool subsets) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return sums_.counts();
+  return subsets ? subsets_.counts() : sums_.counts();
 }
 
-at::Tensor Engine::sums() const {
+at::Tensor Engine::sums(bool subsets) const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return sums_.sums();
+  return subsets ? subsets_.sums() : sums_.sums();
+}
+
+at::Tensor Engine::abs_sums(bool subsets) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return subsets ? subsets_.abs_sums() : sums_.abs_sums();
+}
+
+at::Tensor Engine::welford_means(bool subsets) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return subsets ? subsets_.welford_means() : sums_.welford_means();
+}
+
+at::Tensor Engine::m2(bool subsets) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return subsets ? subsets_.m2() : sums_.m2();
 }
 
 at::Tensor Engine::means() const {

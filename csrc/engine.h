@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "methods/grad_cam.h"
+#include "methods/sampled.h"
 #include "stats.h"
 
 namespace mi {
@@ -25,9 +26,24 @@ struct EngineOptions {
   std::string cam_variant = "published";  // grad-cam only: published or clinicadl
   bool deterministic = false;   // CUDA: deterministic cuDNN algorithms, no autotuning
   bool count_zeros = false;     // count exactly-zero map values (shows underflow under --amp)
+  std::string target_mode = "node";  // node (`target` for every sample), given (per sample), predicted (argmax)
+  int64_t n_samples = 16;       // smoothgrad: noisy copies per sample
+  double noise_level = 0.1;     // smoothgrad: noise std / each sample's value range
+  int64_t n_steps = 50;         // integrated-gradients: steps of the path integral
+  double baseline = 0.0;        // integrated-gradients: the baseline image's value
+  int64_t chunk = 0;            // smoothgrad, integrated-gradients: rows per forward pass (0: the batch size)
+  int64_t seed = 0;             // smoothgrad: the noise's seed (with each sample's own)
+  bool abs = false;             // magnitudes: |map| is what is returned and accumulated
+  bool statistics = false;      // also |map| sums and Welford mean/M2 per element (and per subset)
+  std::string group_by = "none";  // subsets: none, given (per sample), predicted (class), correct (pred == label)
 };
 
-enum class Method { kGradients, kGradCam };
+// Subset statistics are kept under key subset * kSubsetStride + element id.
+constexpr int64_t kSubsetStride = int64_t{1} << 20;
+
+enum class Method { kGradients, kGradCam, kInputXGradient, kSmoothGrad, kIntegratedGradients };
+enum class TargetMode { kNode, kGiven, kPredicted };
+enum class GroupBy { kNone, kGiven, kPredicted, kCorrect };
 
 class Engine {
  public:
@@ -38,32 +54,48 @@ class Engine {
 
   // Computes the maps of `batch` (B, C, *spatial), adds each to the running sum of its element id
   // and returns the maps (on the engine's device) only when asked to.
+  // `targets`: each sample's output node (target_mode given); `seeds`: each sample's own seed (smoothgrad:
+  // what makes its noise independent of its batch).
+  // `subsets`: each sample's subset (group_by given); `labels`: each sample's true class (group_by correct).
   std::optional<at::Tensor> accumulate(const at::Tensor& batch, const std::vector<int64_t>& ids,
-                                       bool return_maps);
+                                       bool return_maps, const std::vector<int64_t>& targets = {},
+                                       const std::vector<int64_t>& seeds = {},
+                                       const std::vector<int64_t>& subsets = {},
+                                       const std::vector<int64_t>& labels = {});
 
   // The element ids this engine will see (from the plan): their sums are allocated once.
   void reserve(const std::vector<int64_t>& ids);
 
-  std::vector<int64_t> ids() const;
-  std::vector<int64_t> counts() const;
-  at::Tensor sums() const;
+  // Per element id, or with `subsets` per (subset, element) key (see kSubsetStride).
+  std::vector<int64_t> ids(bool subsets = false) const;
+  std::vector<int64_t> counts(bool subsets = false) const;
+  at::Tensor sums(bool subsets = false) const;
   at::Tensor means() const;
+  at::Tensor abs_sums(bool subsets = false) const;
+  at::Tensor welford_means(bool subsets = false) const;
+  at::Tensor m2(bool subsets = false) const;
   // Fraction of exactly-zero values among all map values computed (count_zeros only; else -1).
   double zero_fraction() const;
   std::string device() const { return device_.str(); }
   const EngineOptions& options() const { return options_; }
 
  private:
-  at::Tensor compute(const at::Tensor& x);
+  at::Tensor compute(const at::Tensor& x, const at::Tensor& targets, const std::vector<int64_t>& seeds);
+  at::Tensor targets_for(const at::Tensor& x, const std::vector<int64_t>& given, const at::Tensor& predicted);
+  std::vector<int64_t> subset_keys(const std::vector<int64_t>& ids, const std::vector<int64_t>& subsets,
+                                   const std::vector<int64_t>& labels, const at::Tensor& predicted);
 
   EngineOptions options_;
   c10::Device device_;
   Method method_;
+  TargetMode target_mode_;
+  GroupBy group_by_;
   CamVariant cam_variant_;
   std::optional<c10::ScalarType> amp_;
   torch::jit::Module model_;
   std::optional<torch::jit::Module> trunk_, head_;  // grad-cam: the model's `trunk` and `head` submodules
   ElementSums sums_;
+  ElementSums subsets_;
   at::Tensor zeros_;        // on the device: no synchronisation per batch
   int64_t values_ = 0;
   mutable std::mutex mutex_;  // Python threads may call in parallel (the GIL is released)

@@ -31,6 +31,11 @@ void ElementSums::add(const at::Tensor& maps, const std::vector<int64_t>& ids) {
   shape.insert(shape.end(), element_shape.begin(), element_shape.end());
   if (!sums_.defined()) {
     sums_ = at::zeros(shape, maps.options().dtype(at::kFloat));  // every reserved row at once
+    if (statistics_) {
+      abs_sums_ = at::zeros_like(sums_);
+      mean64_ = at::zeros(shape, maps.options().dtype(at::kDouble));
+      m2_ = at::zeros_like(mean64_);
+    }
   } else {
     TORCH_CHECK(sums_.sizes().slice(1) == element_shape && sums_.device() == maps.device(),
                 "ElementSums.add: maps of shape ", element_shape, " on ", maps.device(),
@@ -38,16 +43,42 @@ void ElementSums::add(const at::Tensor& maps, const std::vector<int64_t>& ids) {
     if (rows > rows_before) {  // ids nobody reserved: rare, so a concatenation is fine
       shape[0] = rows - rows_before;
       sums_ = at::cat({sums_, at::zeros(shape, sums_.options())});
+      if (statistics_) {
+        abs_sums_ = at::cat({abs_sums_, at::zeros(shape, abs_sums_.options())});
+        mean64_ = at::cat({mean64_, at::zeros(shape, mean64_.options())});
+        m2_ = at::cat({m2_, at::zeros(shape, m2_.options())});
+      }
     }
   }
 
   const at::Tensor values = maps.to(at::kFloat);
   for (size_t i = 0; i < ids.size(); ++i) {
     const int64_t slot = slot_of_.at(ids[i]);
-    sums_[slot].add_(values[static_cast<int64_t>(i)]);
-    ++counts_[slot];
+    const at::Tensor value = values[static_cast<int64_t>(i)];
+    sums_[slot].add_(value);
+    const int64_t n = ++counts_[slot];
+    if (statistics_) {
+      abs_sums_[slot].add_(value.abs());
+      // Welford: delta against the old mean, then against the new one.
+      at::Tensor x = value.to(at::kDouble);
+      at::Tensor mean = mean64_[slot];
+      at::Tensor delta = x - mean;
+      mean.add_(delta, 1.0 / static_cast<double>(n));
+      m2_[slot].add_(delta.mul_(x.sub_(mean)));
+    }
   }
 }
+
+at::Tensor ElementSums::rows(const at::Tensor& all) const {
+  TORCH_CHECK(all.defined(), "no map has been accumulated yet (or statistics were not asked for)");
+  const auto slots = sorted_slots();
+  auto index = at::tensor(slots, at::TensorOptions().dtype(at::kLong)).to(all.device());
+  return all.index_select(0, index);
+}
+
+at::Tensor ElementSums::abs_sums() const { return rows(abs_sums_); }
+at::Tensor ElementSums::welford_means() const { return rows(mean64_); }
+at::Tensor ElementSums::m2() const { return rows(m2_); }
 
 std::vector<int64_t> ElementSums::sorted_slots() const {
   std::vector<int64_t> slots;

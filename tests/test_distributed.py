@@ -51,7 +51,7 @@ def outputs(root: Path, name: str) -> dict[str, torch.Tensor]:
 def assert_same_maps(ours: dict, reference: dict) -> None:
     assert sorted(ours) == sorted(reference) and reference
     for key, value in reference.items():
-        if "/mean_" in key:
+        if key.rsplit("/", 1)[1].startswith(("mean_", "absmean_", "std_")):  # sums: summation order
             scale = value.abs().max().item()
             assert (ours[key] - value).abs().max().item() <= TOLERANCE * scale, key
         else:
@@ -149,3 +149,29 @@ def test_merge_parts_needs_the_number_of_parts(demo):
     root, _ = demo
     result = maps_interpret(root, "test", "one", *OPTIONS, "--merge_parts")
     assert result.returncode == 2 and "--merge_parts needs --num_parts K" in result.stderr
+
+
+def test_smoothgrad_under_torchrun_gives_the_maps_of_one_process(demo):
+    """Each sample's noise comes from its own seed: ranks change neither the noise nor the batches."""
+    root, _ = demo
+    smooth = ["smoothgrad", "--n_samples", "2", "--noise_level", "0.2"]
+    assert maps_interpret(root, "test", "sg1", *smooth, *OPTIONS).returncode == 0
+    result = maps_interpret(root, "test", "sg2", *smooth, *OPTIONS, ranks=2)
+    assert result.returncode == 0, result.stderr
+    assert_same_maps(outputs(root, "sg2"), outputs(root, "sg1"))
+
+
+def test_group_statistics_under_torchrun_and_parts(demo):
+    """The same merge routine (partials.merge: sums, and Chan's formula for Welford's mean and M2)."""
+    root, _ = demo
+    stats = ["--statistics", "--group_by", "diagnosis"]
+    assert maps_interpret(root, "test", "st1", *stats, *OPTIONS).returncode == 0
+    result = maps_interpret(root, "test", "st2", *stats, *OPTIONS, ranks=2)
+    assert result.returncode == 0, result.stderr
+    assert_same_maps(outputs(root, "st2"), outputs(root, "st1"))
+    assert any("std_diagnosis-" in key for key in outputs(root, "st1"))
+    for part in (0, 1):
+        assert maps_interpret(root, "test", "st3", *stats, *OPTIONS, "--num_parts", "2", "--part_id",
+                              str(part)).returncode == 0
+    assert maps_interpret(root, "test", "st3", *stats, *OPTIONS, "--num_parts", "2", "--merge_parts").returncode == 0
+    assert_same_maps(outputs(root, "st3"), outputs(root, "st1"))

@@ -8,7 +8,8 @@
 namespace mi {
 
 at::Tensor grad_cam(torch::jit::Module& trunk, torch::jit::Module& head, const at::Tensor& batch,
-                    int64_t target, std::optional<c10::ScalarType> amp, CamVariant variant) {
+                    const at::Tensor& targets, std::optional<c10::ScalarType> amp, CamVariant variant,
+                    int64_t node) {
   const int64_t spatial_dims = batch.dim() - 2;
   TORCH_CHECK(spatial_dims == 2 || spatial_dims == 3, "Grad-CAM needs 2D or 3D inputs (B, C, *spatial); got ",
               batch.sizes());
@@ -30,10 +31,8 @@ at::Tensor grad_cam(torch::jit::Module& trunk, torch::jit::Module& head, const a
     // must not write into the leaf whose gradient is taken (ClinicaDL crashes there).
     output = head.forward({features.clone()}).toTensor();
   }
-  checked_output(output, batch.size(0), target);
-  at::Tensor seed = at::zeros_like(output);
-  seed.select(1, target).fill_(1);
-  at::Tensor grads = torch::autograd::grad({output}, {features}, {seed})[0].to(at::kFloat);
+  checked_output(output, batch.size(0), node);
+  at::Tensor grads = torch::autograd::grad({output}, {features}, {one_hot_seed(output, targets)})[0].to(at::kFloat);
   features = features.detach();
 
   at::Tensor cam;

@@ -14,9 +14,10 @@ enum class CamVariant {
 };
 
 // `trunk` maps the input batch (B, C, *spatial) to the feature map; `head` maps the feature map to the
-// outputs (B, n_outputs). Returns (B, 1, *spatial) float32 maps upsampled to the input grid
+// outputs (B, n_outputs); `targets` (B,) int64 the output node of each sample. Returns (B, 1, *spatial) float32 maps upsampled to the input grid
 // (trilinear/bilinear; align_corners=false for kPublished, true for kClinicaDL as ClinicaDL does).
 at::Tensor grad_cam(torch::jit::Module& trunk, torch::jit::Module& head, const at::Tensor& batch,
-                    int64_t target, std::optional<c10::ScalarType> amp, CamVariant variant);
+                    const at::Tensor& targets, std::optional<c10::ScalarType> amp, CamVariant variant,
+                    int64_t node = -1);
 
 }  // namespace mi

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -26,7 +27,7 @@ from .config import InterpretConfig
 from .distributed import Context, shard
 from .errors import MapsInterpretError, UsageError
 from .groups import commit_group
-from .partials import Partial, merge_all
+from .partials import SUBSET_STRIDE, Partial, merge_all, split_key
 from .plan import DataPass, Plan, make_plan
 from .transforms import Preprocess
 
@@ -230,6 +231,16 @@ def _export(plan: Plan, job) -> torch.jit.ScriptModule:
     return model if isinstance(model, torch.jit.ScriptModule) else to_torchscript(fuse_blocks(model))
 
 
+TARGET_MODES = {"label": "given", "predicted": "predicted"}  # --target_node -> the engine's target mode
+GROUP_BY = {None: "none", "predicted": "predicted", "correct": "correct"}  # --group_by -> the engine's; else given
+
+
+def sample_seed(session, element: int) -> int:
+    """A sample's own seed (smoothgrad's noise): from its names only, so that its map does not depend on its
+    batch, rank, part or on a resumed run."""
+    return zlib.crc32(f"{session.participant_id}/{session.session_id}/{element}".encode())
+
+
 def element_shard(data_pass: DataPass, batch_size: int, index: int, count: int) -> range:
     """Shard `index` of `count` of a pass's elements (session-major order): whole batches of the run that
     one process would make, contiguous and balanced. Every batch then holds the same elements as in one
@@ -265,10 +276,15 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
             log.info("%s-%d best-%s: %d session(s) x %d %s(s)", maps.split_name, job.split, job.metric,
                      len(data_pass.sessions), n_elements, mode)
         try:
-            engine = Engine(_export(plan, job), device=plan.device, method=config.method, target=config.target_node,
+            engine = Engine(_export(plan, job), device=plan.device, method=config.method,
+                            target=config.target_node if isinstance(config.target_node, int) else 0,
+                            target_mode=TARGET_MODES.get(config.target_node, "node"),
                             amp=_amp_dtype() if config.amp else None,
                             cam_variant="clinicadl" if config.compat == "clinicadl" else "published",
-                            deterministic=config.deterministic, element_ids=data_pass.element_ids)
+                            deterministic=config.deterministic, element_ids=data_pass.element_ids,
+                            n_samples=config.n_samples, noise_level=config.noise_level, n_steps=config.n_steps,
+                            baseline=config.baseline, chunk=config.chunk_size, seed=config.seed, abs=config.abs,
+                            statistics=config.statistics, group_by=GROUP_BY.get(config.group_by, "given"))
         except EngineError as error:
             raise MapsInterpretError(f"{job.model_path}: {error}") from None
         engines.append((job, engine, staging.job_dir(index, job_index)))
@@ -278,6 +294,9 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
         return [before.to(engine.device).merge(Partial.of_engine(engine))
                 for before, (_, engine, _) in zip(prior, engines)]
 
+    label_code = maps.params.get("label_code")
+    given_subsets = GROUP_BY.get(config.group_by, "given") == "given"
+    subset_of = {name: index for index, name in enumerate(data_pass.subsets)} if given_subsets else {}
     first_session, skip = divmod(positions.start + done, n_elements)
     end_session = -(-positions.stop // n_elements)
     on_device = config.preprocess_on == "device" or (config.preprocess_on == "auto" and gpu)
@@ -295,10 +314,17 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
         for batch in prefetch(batches, depth=2 if gpu else 0):
             with signals.deferred():  # a signal now stops the run after this batch, with a checkpoint
                 batch.wait()  # GPU: the batch was made on another stream
+                owners = [sessions[first_session + position] for position in batch.session_index]
+                targets = ([label_code[s.label] for s in owners] if config.target_node == "label" else None)
+                seeds = ([sample_seed(s, e) for s, e in zip(owners, batch.element_ids)]
+                         if config.method == "smoothgrad" else None)
+                subsets = [subset_of[s.group] for s in owners] if subset_of else None
+                labels = [label_code[s.label] for s in owners] if config.group_by == "correct" else None
                 for job, engine, folder in engines:
                     try:
                         maps_ = engine.accumulate(batch.images, batch.element_ids,
-                                                  return_maps=config.save_individual)
+                                                  return_maps=config.save_individual, targets=targets, seeds=seeds,
+                                                  subsets=subsets, labels=labels)
                     except EngineError as error:
                         hint = (f"; lower --batch_size (now {config.batch_size})"
                                 if "out of memory" in str(error).lower() else "")
@@ -332,15 +358,31 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
 
 
 def _write_means(plan: Plan, data_pass: DataPass, partial: Partial, folder: Path) -> None:
-    """Each element's mean map. ClinicaDL divides every element's sum by sessions x elements per image
-    instead (`--compat clinicadl` reproduces it)."""
-    config = plan.config
+    """Each element's mean map (ClinicaDL's file name); with --statistics its mean |map| and standard
+    deviation; with --group_by the same per subset, named after it. ClinicaDL divides every element's sum by
+    sessions x elements per image instead of its count (`--compat clinicadl` reproduces it for the mean)."""
+    config, mode = plan.config, plan.maps.mode
     if partial.sums is None:
         raise MapsInterpretError(f"no map was computed for {folder}")
-    means = (partial.clinicadl_means(len(data_pass.sessions), len(data_pass.element_ids))
-             if config.compat == "clinicadl" else partial.means())
-    for element, mean in means.items():
-        _write_map(mean.cpu(), folder / f"mean_{plan.maps.mode}-{element}_map", config.save_nifti)
+    statistics = {"mean": (partial.clinicadl_means(len(data_pass.sessions), len(data_pass.element_ids))
+                           if config.compat == "clinicadl" else partial.means())}
+    if config.compat == "clinicadl" and config.group_by:
+        statistics["mean"].update({k: v for k, v in partial.means().items() if k >= SUBSET_STRIDE})
+    if config.statistics:
+        statistics.update(absmean=partial.absmeans(), std=partial.stds())
+        single = [key for key, count in zip(partial.ids, partial.counts) if count == 1]
+        if single:
+            log.warning("%s: %d element(s) or subset(s) hold a single map: their standard deviation is written as "
+                        "0", folder.name, len(single))
+    for name, maps in statistics.items():
+        for key, value in maps.items():
+            subset, element = split_key(key)
+            label = "" if subset is None else f"{config.group_by}-{_subset_name(data_pass, subset)}_"
+            _write_map(value.cpu(), folder / f"{name}_{label}{mode}-{element}_map", config.save_nifti)
+
+
+def _subset_name(data_pass: DataPass, index: int) -> str:
+    return data_pass.subsets[index] if index < len(data_pass.subsets) else str(index)
 
 
 def _merge_parts(plan: Plan, summary: RunSummary) -> None:

@@ -91,11 +91,15 @@ class Session:
     participant_id: str
     session_id: str
     tensor_path: Path  # the session's image tensor (element files, if any, are named after it)
+    label: Optional[str] = None  # its value in the group's label column (maps.json `label`), when asked for
+    group: Optional[str] = None  # its value in the --group_by column, when asked for
 
 
-def find_sessions(caps: dict[str, Path], rows: Sequence[dict], prep: dict) -> list[Session]:
+def find_sessions(caps: dict[str, Path], rows: Sequence[dict], prep: dict,
+                  label: Optional[str] = None, group: Optional[str] = None) -> list[Session]:
     """Resolves every session's image tensor before anything is computed or written. `caps` maps cohort
-    names to CAPS folders ({"single": caps} outside multi-cohort groups)."""
+    names to CAPS folders ({"single": caps} outside multi-cohort groups); `label` names the column whose
+    value each session carries (--target_node label)."""
     for folder in caps.values():
         check_caps(folder)
     sessions = []
@@ -105,7 +109,8 @@ def find_sessions(caps: dict[str, Path], rows: Sequence[dict], prep: dict) -> li
             raise MapsInterpretError(f"{row['participant_id']} {row['session_id']} belongs to cohort {cohort!r}, "
                                      f"which the group's CAPS list does not name ({', '.join(sorted(caps))})")
         path = image_tensor_path(caps[cohort], row["participant_id"], row["session_id"], prep)
-        sessions.append(Session(row["participant_id"], row["session_id"], path))
+        sessions.append(Session(row["participant_id"], row["session_id"], path,
+                                None if label is None else row.get(label), None if group is None else row.get(group)))
     return sessions
 
 

@@ -31,7 +31,9 @@ RESULT_OPTIONS = {
     "method": "METHOD", "selection_metrics": "--selection_metrics", "target_node": "--target_node",
     "save_individual": "--save_individual", "save_nifti": "--save_nifti", "level_grad_cam": "--level_grad_cam",
     "compat": "--compat", "amp": "--amp", "deterministic": "--deterministic", "batch_size": "--batch_size",
-    "gpu": "--gpu/--no-gpu", "num_parts": "--num_parts",
+    "gpu": "--gpu/--no-gpu", "num_parts": "--num_parts", "n_samples": "--n_samples", "noise_level": "--noise_level",
+    "n_steps": "--n_steps", "baseline": "--baseline", "chunk_size": "--chunk_size", "seed": "--seed", "abs": "--abs",
+    "statistics": "--statistics", "group_by": "--group_by",
 }
 
 

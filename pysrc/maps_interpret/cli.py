@@ -59,7 +59,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     config = build_parser().parse_args(argv)  # exits with status 2 on a usage error
     logging.basicConfig(
         level=logging.DEBUG if config.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
+        # Under torchrun every rank logs to the same terminal: say which.
+        format="%(asctime)s " + (f"[rank {os.environ['RANK']}] " if "TORCHELASTIC_RUN_ID" in os.environ else "")
+        + "%(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )

@@ -10,13 +10,24 @@ annotations`` here: argparse-dataclass reads the field types as objects.
 import argparse
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
-METHODS = ("gradients", "grad-cam")
+METHODS = ("gradients", "grad-cam", "input-x-gradient", "smoothgrad", "integrated-gradients")
+TARGETS = ("label", "predicted")
 COMPAT = ("clinicadl",)
 PREPROCESS_ON = ("auto", "loader", "device")
 READERS = ("threads", "processes")
 DEFAULT_SELECTION_METRICS = ("loss",)
+
+
+def target_node(text: str):
+    """--target_node: an output node (int), or `label` / `predicted` (each session's own)."""
+    if text in TARGETS:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an output node (0, 1, ...), label or predicted; got {text!r}")
 
 
 def _opt(*args: str, help: str, **extra) -> dict:
@@ -51,8 +62,37 @@ class InterpretConfig:
     diagnoses: list[str] = field(default_factory=list, metadata=_opt(
         "-d", "--diagnoses", action="append", metavar="DIAGNOSIS",
         help="Keep only these diagnoses of --participants_tsv; repeatable (default: the MAPS' diagnoses)."))
-    target_node: int = field(default=0, metadata=_opt(
-        "--target_node", type=int, metavar="INT", help="Output node whose gradient is mapped (default: 0)."))
+    target_node: Union[int, str] = field(default=0, metadata=_opt(
+        "--target_node", type=target_node, metavar="NODE",
+        help="Output node whose attribution is mapped: an integer (default: 0; the only form for regression), "
+             "`label` (each session's true class, from the group's TSV through label_code) or `predicted` "
+             "(each session's argmax)."))
+    n_samples: int = field(default=16, metadata=_opt(
+        "--n_samples", type=int, metavar="N", help="smoothgrad: noisy copies of each image (default: 16)."))
+    noise_level: float = field(default=0.1, metadata=_opt(
+        "--noise_level", type=float, metavar="F",
+        help="smoothgrad: the noise's standard deviation as a fraction of each image's value range (default: 0.1)."))
+    n_steps: int = field(default=50, metadata=_opt(
+        "--n_steps", type=int, metavar="N", help="integrated-gradients: steps from the baseline (default: 50)."))
+    baseline: float = field(default=0.0, metadata=_opt(
+        "--baseline", type=float, metavar="F",
+        help="integrated-gradients: the baseline image's constant value (default: 0, a black image)."))
+    chunk_size: int = field(default=0, metadata=_opt(
+        "--chunk_size", type=int, metavar="N",
+        help="smoothgrad, integrated-gradients: copies per forward pass, the memory of one (default: --batch_size)."))
+    seed: int = field(default=0, metadata=_opt(
+        "--seed", type=int, metavar="N", help="smoothgrad: seed of the noise (default: 0); the same seed gives the "
+                                               "same maps whatever the batches, ranks or parts."))
+    abs: bool = field(default=False, metadata=_opt(
+        "--abs", help="Take each map's magnitude before it is written and accumulated (signs no longer cancel)."))
+    statistics: bool = field(default=False, metadata=_opt(
+        "--statistics", help="Also write, per element, the mean of |map| (absmean_...) and the standard deviation "
+                             "(std_..., n - 1) over the group, accumulated in one pass (Welford, float64)."))
+    group_by: Optional[str] = field(default=None, metadata=_opt(
+        "--group_by", type=str, metavar="COLUMN",
+        help="Also write the mean (and with --statistics the other statistics) of each subset of the group: "
+             "`predicted` (each session's predicted class), `correct` (prediction == label) or any column of "
+             "the group's TSV (e.g. diagnosis); files named mean_<COLUMN>-<value>_<mode>-<k>_map.pt."))
     save_individual: bool = field(default=False, metadata=_opt(
         "--save_individual", help="Also write one map per participant/session."))
     n_proc: int = field(default=2, metadata=_opt(
@@ -137,8 +177,13 @@ def validate(config: InterpretConfig) -> None:
         raise UsageError(f"--batch_size must be at least 1, got {config.batch_size}")
     if config.n_proc < 0:
         raise UsageError(f"-np/--n_proc must be 0 (load in the main process) or more, got {config.n_proc}")
-    if config.target_node < 0:
+    if isinstance(config.target_node, int) and config.target_node < 0:
         raise UsageError(f"--target_node must be 0 or more, got {config.target_node}")
+    if config.n_samples < 1 or config.n_steps < 1 or config.chunk_size < 0:
+        raise UsageError("--n_samples and --n_steps must be at least 1 and --chunk_size 0 or more; got "
+                         f"{config.n_samples}, {config.n_steps}, {config.chunk_size}")
+    if config.noise_level < 0:
+        raise UsageError(f"--noise_level must be 0 or more, got {config.noise_level}")
     if config.level_grad_cam is not None and config.level_grad_cam < 1:
         raise UsageError(f"--level_grad_cam must be at least 1, got {config.level_grad_cam}")
     if config.checkpoint_every < 0:

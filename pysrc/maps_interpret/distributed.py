@@ -167,9 +167,12 @@ class Context:
         import torch
         import torch.distributed as dist
 
+        from .partials import merge_all
+
         meta: list = [None] * self.world
         dist.all_gather_object(meta, [(p.ids, p.counts, None if p.sums is None else tuple(p.sums.shape[1:]),
-                                       None if p.sums is None else str(p.sums.device)) for p in partials])
+                                       sorted(p.stats)) for p in partials])
+        device = torch.device(self.device("cuda")) if self.backend == "nccl" else torch.device("cpu")
         merged = []
         for job, partial in enumerate(partials):
             shapes = {m[job][2] for m in meta if m[job][2] is not None}
@@ -181,22 +184,26 @@ class Context:
             shape = shapes.pop()
             ids = sorted({i for m in meta for i in m[job][0]})
             row = {id_: k for k, id_ in enumerate(ids)}
-            device = torch.device(self.device("cuda")) if self.backend == "nccl" else torch.device("cpu")
-            dense = torch.zeros((len(ids), *shape), device=device)  # same shape on every rank, as gather needs
-            if partial.sums is not None:
-                dense[[row[i] for i in partial.ids]] = partial.sums.to(device)
-            gathered = [torch.empty_like(dense) for _ in range(self.world)] if self.is_main else None
-            dist.gather(dense, gathered, dst=0)
+            fields = {"sums": torch.float32}
+            for name in max((m[job][3] for m in meta), key=len):
+                fields[name] = torch.float64 if name in ("mean64", "m2") else torch.float32
+            gathered = {}
+            for name, dtype in fields.items():  # dense, the same shape on every rank, as gather needs
+                dense = torch.zeros((len(ids), *shape), dtype=dtype, device=device)
+                mine = partial.sums if name == "sums" else partial.stats.get(name)
+                if mine is not None:
+                    dense[[row[i] for i in partial.ids]] = mine.to(device, dtype)
+                gathered[name] = [torch.empty_like(dense) for _ in range(self.world)] if self.is_main else None
+                dist.gather(dense, gathered[name], dst=0)
             if not self.is_main:
                 continue
             parts = []
             for rank in range(self.world):
                 rank_ids, rank_counts = meta[rank][job][0], meta[rank][job][1]
                 if rank_ids:
-                    parts.append(Partial(list(rank_ids), list(rank_counts),
-                                         gathered[rank][[row[i] for i in rank_ids]]))
-            from .partials import merge_all
-
+                    rows = [row[i] for i in rank_ids]
+                    parts.append(Partial(list(rank_ids), list(rank_counts), gathered["sums"][rank][rows],
+                                         {name: gathered[name][rank][rows] for name in fields if name != "sums"}))
             merged.append(merge_all(parts))
         return merged if self.is_main else None
 

@@ -57,6 +57,10 @@ def _check_build(core=_core) -> None:
 _check_build()
 
 AMP_DTYPES = {None: "none", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+METHODS = ("gradients", "grad-cam", "input-x-gradient", "smoothgrad", "integrated-gradients")
+TARGET_MODES = ("node", "given", "predicted")
+GROUP_BY = ("none", "given", "predicted", "correct")
+SUBSET_STRIDE = _core.SUBSET_STRIDE
 
 
 class EngineError(RuntimeError):
@@ -80,7 +84,13 @@ class Engine:
     (None: float32); `cam_variant` "published" (default) or "clinicadl" (ClinicaDL 1.6.1's Grad-CAM);
     `deterministic` (CUDA) deterministic cuDNN algorithms instead of autotuning; `element_ids`, when known,
     the element ids of every batch to come (their sums are then allocated once); `count_zeros` counts
-    exactly-zero map values (None: with `amp`, where they reveal underflow). Calls release the GIL while computing.
+    exactly-zero map values (None: with `amp`, where they reveal underflow). `target_mode`: "node" (`target`
+    for every sample), "given" (each batch's `targets`) or "predicted" (each sample's argmax). smoothgrad:
+    `n_samples` noisy copies, noise std `noise_level` x each sample's value range, `seed`; integrated-gradients:
+    `n_steps`, constant `baseline`; both: `chunk` rows per forward pass (0: the batch size). `abs`: the maps'
+    magnitudes are returned and accumulated. `statistics`: also sums of |map| and Welford's mean and M2 (float64)
+    per element; `group_by` ("none", "given", "predicted", "correct"): the same per (subset, element) too,
+    under key subset * SUBSET_STRIDE + element id. Calls release the GIL while computing.
     On CUDA, creating an engine sets the process's device policy (csrc/engine.cpp: cuDNN autotuning unless
     `deterministic`, IEEE float32 convolutions and matmuls unless `amp`).
     """
@@ -88,11 +98,18 @@ class Engine:
     def __init__(self, model: Union[str, os.PathLike, torch.jit.ScriptModule], *, device: str = "cpu",
                  method: str = "gradients", target: int = 0, amp: Optional[torch.dtype] = None,
                  cam_variant: str = "published", deterministic: bool = False,
-                 element_ids: Optional[Sequence[int]] = None, count_zeros: Optional[bool] = None):
+                 element_ids: Optional[Sequence[int]] = None, count_zeros: Optional[bool] = None,
+                 target_mode: str = "node", n_samples: int = 16, noise_level: float = 0.1, n_steps: int = 50,
+                 baseline: float = 0.0, chunk: int = 0, seed: int = 0, abs: bool = False,
+                 statistics: bool = False, group_by: str = "none"):
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of None, torch.bfloat16, torch.float16; got {amp}")
-        if method not in ("gradients", "grad-cam"):
-            raise EngineError(f"unknown attribution method '{method}': use gradients or grad-cam")
+        if method not in METHODS:
+            raise EngineError(f"unknown attribution method '{method}': use {', '.join(METHODS)}")
+        if group_by not in GROUP_BY:
+            raise EngineError(f"unknown group_by '{group_by}': use {', '.join(GROUP_BY)}")
+        if target_mode not in TARGET_MODES:
+            raise EngineError(f"unknown target mode '{target_mode}': use {', '.join(TARGET_MODES)}")
         if torch.device(device).type not in ("cpu", "cuda"):
             raise EngineError(f"unsupported device '{device}': use cpu, cuda or cuda:N")
         if torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -102,6 +119,10 @@ class Engine:
         options.cam_variant = cam_variant
         options.deterministic = bool(deterministic)
         options.count_zeros = amp is not None if count_zeros is None else bool(count_zeros)
+        options.target_mode, options.n_samples, options.noise_level = target_mode, int(n_samples), float(noise_level)
+        options.n_steps, options.baseline, options.chunk = int(n_steps), float(baseline), int(chunk)
+        options.seed, options.abs = int(seed), bool(abs)
+        options.statistics, options.group_by = bool(statistics), group_by
         if isinstance(model, (str, os.PathLike)):
             self._core = _core_call(_core.Engine.from_file, os.fspath(model), options)
         elif isinstance(model, torch.jit.ScriptModule):
@@ -110,15 +131,20 @@ class Engine:
             raise TypeError(f"model must be a TorchScript path or torch.jit.ScriptModule, got {type(model).__name__}")
         if element_ids is not None:
             _core_call(self._core.reserve, [int(i) for i in element_ids])
+        self.statistics, self.group_by = bool(statistics), group_by
 
     @property
     def device(self) -> torch.device:
         return torch.device(self._core.device)
 
-    def accumulate(self, batch: torch.Tensor, element_ids: Sequence[int],
-                   return_maps: bool = False) -> Optional[torch.Tensor]:
+    def accumulate(self, batch: torch.Tensor, element_ids: Sequence[int], return_maps: bool = False,
+                   targets: Optional[Sequence[int]] = None, seeds: Optional[Sequence[int]] = None,
+                   subsets: Optional[Sequence[int]] = None,
+                   labels: Optional[Sequence[int]] = None) -> Optional[torch.Tensor]:
         """Maps of `batch` (B, C, *spatial) added to the sums of their element ids; the (B, C, *spatial)
-        float32 maps, on the engine's device, come back only if `return_maps`."""
+        float32 maps, on the engine's device, come back only if `return_maps`. `targets`: each sample's
+        output node (target_mode "given"); `seeds`: each sample's own seed (smoothgrad: its noise then does
+        not depend on its batch); `subsets` (group_by "given") and `labels` (group_by "correct") per sample."""
         ids = [int(i) for i in element_ids]
         # Checked here too, so that bad input never depends on an error leaving C++.
         if not isinstance(batch, torch.Tensor) or batch.dim() < 3:
@@ -127,7 +153,9 @@ class Engine:
             raise EngineError(f"got {len(ids)} element ids for a batch of {batch.shape[0]}")
         if not batch.is_floating_point():
             raise EngineError(f"a batch must hold floating-point values, got {batch.dtype}")
-        return _core_call(self._core.accumulate, batch, ids, bool(return_maps))
+        return _core_call(self._core.accumulate, batch, ids, bool(return_maps),
+                          [int(t) for t in targets or ()], [int(x) for x in seeds or ()],
+                          [int(x) for x in subsets or ()], [int(x) for x in labels or ()])
 
     def _ids(self) -> list[int]:
         return _core_call(self._core.ids)
@@ -137,6 +165,18 @@ class Engine:
 
     def counts(self) -> dict[int, int]:
         return dict(zip(self._ids(), _core_call(self._core.counts)))
+
+    def state(self, subsets: bool = False) -> dict:
+        """What has been accumulated, per element id (or per subset key): ids, counts, float32 sums and, with
+        statistics, sums of |map|, float64 Welford means and M2; {} when nothing was."""
+        ids = _core_call(self._core.ids, subsets)
+        if not ids:
+            return {}
+        out = {"ids": ids, "counts": _core_call(self._core.counts, subsets), "sums": _core_call(self._core.sums, subsets)}
+        if self.statistics:
+            out.update(abs_sums=_core_call(self._core.abs_sums, subsets),
+                       mean64=_core_call(self._core.welford_means, subsets), m2=_core_call(self._core.m2, subsets))
+        return out
 
     def means(self) -> dict[int, torch.Tensor]:
         return dict(zip(self._ids(), _core_call(self._core.means).unbind(0)))

@@ -1,22 +1,40 @@
-"""Partial results of one model over some of a data group's sessions: per element id, how many maps were
-added and their float32 sum. The one routine that combines them (`merge`) serves every way a run is cut:
+"""Partial results of one model over some of a data group's sessions: per key (an element id, or a subset's
+key), how many maps were added, their float32 sum and, with statistics, the float32 sum of |map| and
+Welford's float64 mean and M2. The one routine that combines them (`merge`) serves every way a run is cut:
 ranks of torchrun, `--num_parts` parts, and the sessions before and after a `--continue`. Merging adds the
-counts exactly and the sums in the order given, so a cut run differs from an uncut one by float32 summation
-order only (tests/test_distributed.py states and checks the tolerance)."""
+counts exactly, the sums in the order given, and combines means and M2 with Chan et al.'s pairwise formula,
+so a cut run differs from an uncut one by float summation order only (tests/test_distributed.py and
+tests/test_partials.py state and check the tolerances).
+
+Keys: element ids below SUBSET_STRIDE; the maps of subset s (--group_by) of element e under
+(s + 1) * SUBSET_STRIDE + e (`subset_key`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 import torch
 
+SUBSET_STRIDE = 1 << 20  # = the core's kSubsetStride (checked by tests/test_partials.py)
+STAT_FIELDS = ("abs_sums", "mean64", "m2")
+
+
+def subset_key(subset: int, element: int) -> int:
+    return (subset + 1) * SUBSET_STRIDE + element
+
+
+def split_key(key: int) -> tuple[Optional[int], int]:
+    """(subset or None for the whole group, element id)."""
+    return (None, key) if key < SUBSET_STRIDE else (key // SUBSET_STRIDE - 1, key % SUBSET_STRIDE)
+
 
 @dataclass
 class Partial:
-    ids: list[int]  # sorted element ids with at least one map
-    counts: list[int]  # maps added per id
+    ids: list[int]  # sorted keys with at least one map
+    counts: list[int]  # maps added per key
     sums: Optional[torch.Tensor]  # (len(ids), *map_shape) float32 sums; None when no map was added
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)  # STAT_FIELDS, same rows (with statistics)
 
     @classmethod
     def empty(cls) -> "Partial":
@@ -24,23 +42,32 @@ class Partial:
 
     @classmethod
     def of_engine(cls, engine) -> "Partial":
-        """What an engine has accumulated (its sums stay on its device)."""
-        counts = engine.counts()
-        if not counts:
+        """What an engine has accumulated, per element and (with group_by) per subset; copies (a snapshot),
+        on the engine's device."""
+        whole = cls._of_state(engine.state())
+        if getattr(engine, "group_by", "none") == "none":
+            return whole
+        subsets = cls._of_state(engine.state(subsets=True))
+        subsets.ids = [(key // SUBSET_STRIDE + 1) * SUBSET_STRIDE + key % SUBSET_STRIDE for key in subsets.ids]
+        return whole.merge(subsets)
+
+    @classmethod
+    def _of_state(cls, state: dict) -> "Partial":
+        if not state:
             return cls.empty()
-        sums = engine.sums()  # one (id, map) per id with a count, sorted: stacked anew (a snapshot)
-        ids = sorted(counts)
-        return cls(ids, [counts[i] for i in ids], torch.stack([sums[i] for i in ids]))
+        return cls(list(state["ids"]), list(state["counts"]), state["sums"].clone(),
+                   {name: state[name].clone() for name in STAT_FIELDS if name in state})
 
     @property
     def n_maps(self) -> int:
-        return sum(self.counts)
+        return sum(count for key, count in zip(self.ids, self.counts) if key < SUBSET_STRIDE)
 
     def to(self, device) -> "Partial":
-        return Partial(list(self.ids), list(self.counts), None if self.sums is None else self.sums.to(device))
+        return Partial(list(self.ids), list(self.counts), None if self.sums is None else self.sums.to(device),
+                       {name: value.to(device) for name, value in self.stats.items()})
 
     def merge(self, other: "Partial") -> "Partial":
-        """This partial's sums plus `other`'s, element by element (ids of either)."""
+        """This partial plus `other`, key by key (keys of either)."""
         if other.sums is None:
             return self
         if self.sums is None:
@@ -48,44 +75,74 @@ class Partial:
         if self.sums.shape[1:] != other.sums.shape[1:]:
             raise ValueError(f"cannot merge maps of shape {tuple(other.sums.shape[1:])} into maps of shape "
                              f"{tuple(self.sums.shape[1:])}")
+        if set(self.stats) != set(other.stats):
+            raise ValueError("cannot merge partials with and without statistics")
         ids = sorted(set(self.ids) | set(other.ids))
-        counts, rows = [], []
-        mine, theirs = dict(zip(self.ids, range(len(self.ids)))), dict(zip(other.ids, range(len(other.ids))))
+        mine, theirs = {k: i for i, k in enumerate(self.ids)}, {k: i for i, k in enumerate(other.ids)}
         device = self.sums.device
-        for id_ in ids:
-            a, b = mine.get(id_), theirs.get(id_)
-            counts.append((self.counts[a] if a is not None else 0) + (other.counts[b] if b is not None else 0))
-            if a is not None and b is not None:
-                rows.append(self.sums[a] + other.sums[b].to(device))
-            else:
-                rows.append(self.sums[a] if a is not None else other.sums[b].to(device))
-        return Partial(ids, counts, torch.stack(rows))
+        counts, sums, stats = [], [], {name: [] for name in self.stats}
+        for key in ids:
+            a, b = mine.get(key), theirs.get(key)
+            if b is None or a is None:
+                source, row = (self, a) if b is None else (other, b)
+                counts.append(source.counts[row])
+                sums.append(source.sums[row].to(device))
+                for name in stats:
+                    stats[name].append(source.stats[name][row].to(device))
+                continue
+            na, nb = self.counts[a], other.counts[b]
+            counts.append(na + nb)
+            sums.append(self.sums[a] + other.sums[b].to(device))
+            if stats:
+                stats["abs_sums"].append(self.stats["abs_sums"][a] + other.stats["abs_sums"][b].to(device))
+                mean_a, mean_b = self.stats["mean64"][a], other.stats["mean64"][b].to(device)
+                delta = mean_b - mean_a
+                n = na + nb
+                stats["mean64"].append(mean_a + delta * (nb / n))
+                stats["m2"].append(self.stats["m2"][a] + other.stats["m2"][b].to(device) + delta * delta * (na * nb / n))
+        return Partial(ids, counts, torch.stack(sums), {name: torch.stack(rows) for name, rows in stats.items()})
+
+    def _divide(self, values: torch.Tensor) -> torch.Tensor:
+        n = torch.tensor(self.counts, dtype=values.dtype, device=values.device)
+        return values / n.view(-1, *([1] * (values.dim() - 1)))
 
     def means(self) -> dict[int, torch.Tensor]:
-        """Each element's mean map: its sum divided by its count (in float32, as the engine divides)."""
+        """Each key's mean map: its float32 sum divided by its count (in float32, as the engine divides)."""
+        return {} if self.sums is None else dict(zip(self.ids, self._divide(self.sums).unbind(0)))
+
+    def absmeans(self) -> dict[int, torch.Tensor]:
+        """Each key's mean of |map| (statistics only)."""
+        return {} if self.sums is None else dict(zip(self.ids, self._divide(self.stats["abs_sums"]).unbind(0)))
+
+    def stds(self) -> dict[int, torch.Tensor]:
+        """Each key's sample standard deviation (n - 1 in the denominator; 0 where a single map was added),
+        computed in float64, returned in float32 (statistics only)."""
         if self.sums is None:
             return {}
-        n = torch.tensor(self.counts, dtype=torch.float32, device=self.sums.device)
-        means = self.sums / n.view(-1, *([1] * (self.sums.dim() - 1)))
-        return dict(zip(self.ids, means.unbind(0)))
+        n = torch.tensor(self.counts, dtype=torch.float64, device=self.sums.device)
+        shape = (-1, *([1] * (self.sums.dim() - 1)))
+        variance = self.stats["m2"] / (n - 1).clamp(min=1).view(shape)
+        return dict(zip(self.ids, variance.clamp(min=0).sqrt().float().unbind(0)))
 
     def clinicadl_means(self, n_sessions: int, n_elements: int) -> dict[int, torch.Tensor]:
         """ClinicaDL 1.6.1's 'mean': every element's sum divided by sessions x elements per image."""
         if self.sums is None:
             return {}
-        return {id_: total / (n_sessions * n_elements) for id_, total in zip(self.ids, self.sums.unbind(0))}
+        return {key: total / (n_sessions * n_elements) for key, total in zip(self.ids, self.sums.unbind(0))}
 
     def state(self) -> dict:
         """A plain dict for torch.save (CPU tensors)."""
         return {"ids": list(self.ids), "counts": list(self.counts),
-                "sums": None if self.sums is None else self.sums.detach().cpu()}
+                "sums": None if self.sums is None else self.sums.detach().cpu(),
+                **{name: value.detach().cpu() for name, value in self.stats.items()}}
 
     @classmethod
     def from_state(cls, state: dict) -> "Partial":
         sums = state["sums"]
         if (sums is None) != (not state["ids"]) or (sums is not None and sums.shape[0] != len(state["ids"])):
             raise ValueError("inconsistent partial sums")
-        return cls(list(state["ids"]), list(state["counts"]), sums)
+        return cls(list(state["ids"]), list(state["counts"]), sums,
+                   {name: state[name] for name in STAT_FIELDS if name in state})
 
 
 def merge_all(partials: Iterable[Partial]) -> Partial:

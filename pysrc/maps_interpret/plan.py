@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 from .caps import Session, find_sessions, load_tensor
 from .config import InterpretConfig, validate
@@ -33,6 +34,7 @@ class DataPass:
     layout: object  # elements.*Layout
     element_ids: list[int]
     jobs: list[Job] = field(default_factory=list)
+    subsets: list[str] = field(default_factory=list)  # --group_by: each subset's name (file names), by index
 
     @property
     def n_elements(self) -> int:
@@ -76,9 +78,10 @@ def make_plan(config: InterpretConfig) -> Plan:
     from .models import output_count
 
     outputs = output_count(maps)
-    if outputs is not None and config.target_node >= outputs:
-        raise UsageError(f"--target_node {config.target_node} is out of range: the network of {maps.path} has "
-                         f"{outputs} output node(s), 0..{outputs - 1} (label_code: {maps.params.get('label_code')})")
+    check_target(maps, config, outputs)
+    check_group_by(maps, config)
+    labelled = config.target_node == "label" or config.group_by == "correct"
+    column = config.group_by if config.group_by not in (None, "predicted", "correct") else None
     group = plan_group(maps, config)
 
     prep = maps.params["preprocessing_dict"]
@@ -94,12 +97,81 @@ def make_plan(config: InterpretConfig) -> Plan:
         key = (tuple(sorted((c, str(p.resolve())) for c, p in caps.items())),
                tuple((r["participant_id"], r["session_id"]) for r in definition.rows))
         if key not in passes:
-            sessions = find_sessions(caps, definition.rows, prep)
+            sessions = find_sessions(caps, definition.rows, prep, maps.params.get("label") if labelled else None,
+                                     column)
+            if labelled:
+                check_labels(sessions, maps.params["label_code"], maps.params.get("label"))
             layout = layout_for(prep, next(iter(caps.values())))  # roi masks: the group's (first) CAPS
             first = load_tensor(sessions[0].tensor_path, mmap=True)  # ClinicaDL counts elements on it
-            passes[key] = DataPass(caps, sessions, layout, layout.element_ids(tuple(first.shape)))
+            passes[key] = DataPass(caps, sessions, layout, layout.element_ids(tuple(first.shape)),
+                                   subsets=subset_names(maps, config, sessions, definition))
         passes[key].jobs.append(Job(split, metric, model_file(maps, split, metric), output_dir))
     return Plan(config=config, maps=maps, device=device, group=group, passes=list(passes.values()))
+
+
+def check_target(maps: Maps, config: InterpretConfig, outputs) -> Optional[dict]:
+    """--target_node against the network: an integer in range; label and predicted need a classification
+    MAPS (label through label_code, each class's output node). Returns label_code for `label`."""
+    target, label_code = config.target_node, maps.params.get("label_code")
+    if isinstance(target, int):
+        if outputs is not None and target >= outputs:
+            raise UsageError(f"--target_node {target} is out of range: the network of {maps.path} has "
+                             f"{outputs} output node(s), 0..{outputs - 1} (label_code: {label_code})")
+        return None
+    if not isinstance(label_code, dict) or not label_code:
+        raise UsageError(f"--target_node {target} needs a classification MAPS (a label_code in maps.json); "
+                         f"{maps.path} has none (a regression MAPS?): give an output node, e.g. --target_node 0")
+    if target == "predicted":
+        return None
+    bad = {name: code for name, code in label_code.items()
+           if not isinstance(code, int) or (outputs is not None and not 0 <= code < outputs)}
+    if bad:
+        raise MapsInterpretError(f"{maps.path}/maps.json: label_code {bad} names no output node of the network "
+                                 f"({outputs} output node(s))")
+    return label_code
+
+
+def check_group_by(maps: Maps, config: InterpretConfig) -> None:
+    if config.group_by in ("predicted", "correct") and not isinstance(maps.params.get("label_code"), dict):
+        raise UsageError(f"--group_by {config.group_by} needs a classification MAPS (a label_code in maps.json); "
+                         f"{maps.path} has none: group by a column of the group's TSV instead")
+
+
+def subset_names(maps: Maps, config: InterpretConfig, sessions: list, definition) -> list[str]:
+    """The subsets of --group_by, by index (the engine's subset numbers): the classes (predicted), false/true
+    (correct), or the sorted values of a column. Each name becomes part of file names."""
+    from .names import check_name
+
+    if config.group_by is None:
+        return []
+    if config.group_by == "correct":
+        return ["false", "true"]
+    if config.group_by == "predicted":
+        code = maps.params["label_code"]
+        by_node = {node: name for name, node in code.items()}
+        return [str(by_node.get(node, node)) for node in range(max(code.values()) + 1)]
+    if config.group_by not in definition.columns:
+        raise UsageError(f"--group_by {config.group_by}: the data group has no such column (columns: "
+                         f"{', '.join(definition.columns)}); or use predicted or correct")
+    missing = [f"{s.participant_id} {s.session_id}" for s in sessions if not s.group]
+    if missing:
+        raise MapsInterpretError(f"--group_by {config.group_by}: {len(missing)} session(s) have no value in that "
+                                 f"column (first: {missing[0]}); fill it in the group's TSV")
+    names = sorted({s.group for s in sessions})
+    for name in names:
+        check_name(name, f"--group_by {config.group_by} value", MapsInterpretError)
+    return names
+
+
+def check_labels(sessions: list, label_code: dict, column: Optional[str]) -> None:
+    """--target_node label: every session's label is one of label_code's classes."""
+    for session in sessions:
+        if session.label not in label_code:
+            value = "no value" if session.label is None else f"{session.label!r}"
+            raise MapsInterpretError(
+                f"--target_node label: {session.participant_id} {session.session_id} has {value} in column "
+                f"{column!r} of the data group's table, not one of label_code's classes ({', '.join(label_code)}): "
+                "fix the group's TSV, or use --target_node predicted or an output node")
 
 
 def empty_group_message(maps: Maps, config: InterpretConfig, split: int) -> str:

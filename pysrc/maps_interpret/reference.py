@@ -9,13 +9,17 @@ import torch
 from torch import nn
 
 
-def reference_gradients(model: nn.Module, batch: torch.Tensor, target: int) -> torch.Tensor:
-    """ClinicaDL's VanillaBackProp: x.grad after output.backward(one_hot at `target`)."""
+def reference_gradients(model: nn.Module, batch: torch.Tensor, target) -> torch.Tensor:
+    """ClinicaDL's VanillaBackProp: x.grad after output.backward(one_hot at `target`); `target` an output node,
+    or one node per sample."""
     x = batch.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         output = model(x)
         one_hot = torch.zeros_like(output)
-        one_hot[:, target] = 1
+        if isinstance(target, int):
+            one_hot[:, target] = 1
+        else:
+            one_hot[torch.arange(len(output)), torch.as_tensor(list(target))] = 1
         output.backward(one_hot)
     return x.grad.detach().float()
 
@@ -45,6 +49,34 @@ def reference_grad_cam(model: nn.Module, batch: torch.Tensor, target: int, level
     weights = grads.mean(dim=tuple(range(2, grads.dim())), keepdim=True)
     cam = torch.relu((features * weights).sum(dim=1, keepdim=True))
     return nn.functional.interpolate(cam, size=batch.shape[2:], mode=mode, align_corners=False)
+
+
+def reference_input_x_gradient(model: nn.Module, batch: torch.Tensor, targets) -> torch.Tensor:
+    """The input times its gradient (Shrikumar et al. 2016)."""
+    return reference_gradients(model, batch, targets) * batch.float()
+
+
+def reference_smoothgrad(model: nn.Module, batch: torch.Tensor, targets, noises: Sequence[torch.Tensor],
+                         noise_level: float) -> torch.Tensor:
+    """SmoothGrad (Smilkov et al. 2017), one noisy copy after another: the mean gradient at x + sigma * n for
+    each standard normal `noises[k]` (B, ...), sigma = noise_level * (max - min) of each sample."""
+    flat = batch.flatten(1)
+    sigma = (flat.amax(1) - flat.amin(1)) * noise_level
+    total = torch.zeros_like(batch, dtype=torch.float32)
+    for noise in noises:
+        total += reference_gradients(model, batch + noise * sigma.view(-1, *([1] * (batch.dim() - 1))), targets)
+    return total / len(noises)
+
+
+def reference_integrated_gradients(model: nn.Module, batch: torch.Tensor, targets, steps: int,
+                                   baseline: float = 0.0) -> torch.Tensor:
+    """Integrated gradients (Sundararajan et al. 2017), one step after another, midpoint rule:
+    (x - b) * mean_k grad f(b + (k + 0.5) / steps * (x - b))."""
+    x = batch.float()
+    total = torch.zeros_like(x)
+    for k in range(steps):
+        total += reference_gradients(model, baseline + (k + 0.5) / steps * (x - baseline), targets)
+    return total / steps * (x - baseline)
 
 
 class ReferenceEngine:
