@@ -52,11 +52,13 @@ test-container: wheelhouse
 test-slow: test-wheel test-container
 
 # Side by side with ClinicaDL's loop (run.py), then the whole command on a near-free model against the read floor
-# (probe.py, 256 full-size sessions: 6.4 GB under bench-out/), then checkpoints and torchrun (distributed.py).
+# (probe.py, 256 full-size sessions: 6.4 GB under bench-out/), checkpoints and torchrun (distributed.py), and
+# the attribution methods against gradients (methods.py).
 bench: setup
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/probe.py
 	$(BIN)/python benchmarks/distributed.py
+	$(BIN)/python benchmarks/methods.py
 
 clean:
 	rm -rf build $(VENV) $(DEMO)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (see BENCHMARKS.md, "GPU: the prepared check"). Prints the card, driver
-# and torch with every figure; results go to $OUT. Missing pure-Python wheels travel in .whl/ (nibabel,
+# and torch with every figure; results go to $OUT. Missing wheels travel in .whl/ (nibabel, pandas for the
+# device's Python: pip download --python-version 3.X --only-binary=:all: pandas,
 # argparse-dataclass). Every step has its own time limit; the device caps one command at 10 minutes, so the
 # steps go in two calls (expected on an H100/H200, 16 cores):
 #   STEPS="build tests floor" bash benchmarks/gpu_check.sh              # ~5 min: build 1.5, tests 2, floor 1

@@ -172,3 +172,22 @@ def test_missing_tensor_is_refused_before_anything_is_written(demo, capsys):
     tsv = write_tsv("ghost.tsv", [("sub-TE01", "ses-M000", "AD"), ("sub-TE09", "ses-M000", "CN")])
     refused(capsys, ["ghost", "x", "--participants_tsv", tsv, "--caps_directory", "data/caps"], 1,
             "no image of sub-TE09 ses-M000 in ")
+
+
+def test_a_new_groups_data_tsv_reads_back_in_clinicadl_unchanged(tmp_path, monkeypatch):
+    """ClinicaDL 1.6.1 reads a group's data.tsv with pd.read_csv(sep="\t"): the same columns (no index column),
+    the same rows, as it writes them (to_csv(sep="\t", index=False))."""
+    import pandas as pd
+
+    from maps_interpret.cli import main
+    from maps_interpret.synthetic import build_demo
+
+    root = tmp_path / "demo"
+    build_demo(root, shape=(12, 14, 12), n_train=4, n_test=3, trained=False)
+    monkeypatch.chdir(root)
+    assert main(["maps", "new", "x", "--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps",
+                 "--no-gpu", "-np", "0"]) == 0
+    written = pd.read_csv(root / "maps" / "groups" / "new" / "data.tsv", sep="\t")
+    given = pd.read_csv(root / "data" / "test.tsv", sep="\t")
+    assert list(written.columns) == ["participant_id", "session_id", "cohort", "diagnosis"]
+    assert written.equals(given[list(written.columns)])

@@ -153,3 +153,18 @@ def test_group_by_an_unknown_column_is_refused(demo, capsys):
     finally:
         os.chdir(cwd)
     assert "--group_by site: the data group has no such column" in capsys.readouterr().err
+
+
+def test_statistics_tsv_lists_each_file_with_its_count_and_reads_back_with_pandas(demo):
+    import pandas as pd
+
+    rows = [line.split("\t") for line in (demo / "data" / "test.tsv").read_text().splitlines()]
+    diagnoses = [dict(zip(rows[0], row))["diagnosis"] for row in rows[1:]]
+    folder = demo / "maps" / "split-0" / "best-loss" / "test" / "interpret-stats"
+    table = pd.read_csv(folder / "statistics.tsv", sep="\t")
+    assert list(table.columns) == ["file", "statistic", "subset", "image_id", "n_maps"]
+    counts = {(r.statistic, r.subset): r.n_maps for r in table.itertuples()}
+    assert counts[("mean", "all")] == len(diagnoses) and counts[("std", "all")] == len(diagnoses)
+    for diagnosis in set(diagnoses):
+        assert counts[("absmean", f"diagnosis-{diagnosis}")] == diagnoses.count(diagnosis)
+    assert sorted(table.file) == sorted(p.name for p in folder.glob("*_image-0_map.pt") if not p.name.startswith("sub-"))

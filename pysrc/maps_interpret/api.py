@@ -374,11 +374,19 @@ def _write_means(plan: Plan, data_pass: DataPass, partial: Partial, folder: Path
         if single:
             log.warning("%s: %d element(s) or subset(s) hold a single map: their standard deviation is written as "
                         "0", folder.name, len(single))
+    counts = dict(zip(partial.ids, partial.counts))
+    listing = []
     for name, maps in statistics.items():
         for key, value in maps.items():
             subset, element = split_key(key)
             label = "" if subset is None else f"{config.group_by}-{_subset_name(data_pass, subset)}_"
-            _write_map(value.cpu(), folder / f"{name}_{label}{mode}-{element}_map", config.save_nifti)
+            stem = f"{name}_{label}{mode}-{element}_map"
+            _write_map(value.cpu(), folder / stem, config.save_nifti)
+            listing.append({"file": f"{stem}.pt", "statistic": name, "subset": label[:-1] or "all",
+                            f"{mode}_id": element, "n_maps": counts[key]})
+    if config.statistics or config.group_by:  # how many maps each file summarises (a subset may be small)
+        writers.write_tsv(folder / "statistics.tsv", ["file", "statistic", "subset", f"{mode}_id", "n_maps"],
+                          listing)
 
 
 def _subset_name(data_pass: DataPass, index: int) -> str:

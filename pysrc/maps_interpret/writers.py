@@ -43,30 +43,22 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_tsv(path: Path, columns: list[str], rows: Iterable[dict[str, str]]) -> None:
-    lines = ["\t".join(columns)]
-    lines += ["\t".join(str(row.get(column, "")) for column in columns) for row in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    """A TSV written by pandas as ClinicaDL writes a group's data.tsv (tables.tsv_text), atomically."""
+    from .tables import tsv_text
+
+    atomic_write_text(path, tsv_text(columns, rows))
 
 
 def save_tensor(tensor, path: Path) -> None:
-    """A `.pt` holding exactly this tensor: cloned so a view never drags its whole batch along; streamed
-    to a temporary file of the destination folder, then renamed."""
+    """A `.pt` holding exactly this tensor: cloned so a view never drags its whole batch along."""
     import torch
 
-    path = Path(path)
-    compact = tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(compact, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+    save_state(tensor.detach().to("cpu").clone(memory_format=torch.contiguous_format), path)
 
 
 def save_state(state, path: Path) -> None:
-    """Any torch-serialisable object (a dict of CPU tensors), written atomically."""
+    """Any torch-serialisable object (a tensor, a dict of CPU tensors), streamed to a temporary file of the
+    destination folder, then renamed."""
     import torch
 
     path = Path(path)
