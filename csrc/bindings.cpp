@@ -111,6 +111,7 @@ PYBIND11_MODULE(_core, m) {
       .def("m2", [](const mi::Engine& engine, bool subsets) { return guarded([&] { return engine.m2(subsets); }); },
            py::arg("subsets") = false)
       .def("means", [](const mi::Engine& engine) { return guarded([&] { return engine.means(); }); })
+      .def("last_subsets", [](const mi::Engine& engine) { return guarded([&] { return engine.last_subsets(); }); })
       .def("zero_fraction", [](const mi::Engine& engine) { return guarded([&] { return engine.zero_fraction(); }); })
       .def_property_readonly("device", &mi::Engine::device);
 }

@@ -142,6 +142,7 @@ std::vector<int64_t> Engine::subset_keys(const std::vector<int64_t>& ids, const 
       groups.push_back(group_by_ == GroupBy::kPredicted ? p[i] : static_cast<int64_t>(p[i] == labels[i]));
     }
   }
+  last_subsets_ = groups;
   std::vector<int64_t> keys;
   for (size_t i = 0; i < n; ++i) {
     TORCH_CHECK(groups[i] >= 0 && ids[i] >= 0 && ids[i] < kSubsetStride, "subset ", groups[i], " or element id ",
@@ -208,6 +209,11 @@ std::optional<at::Tensor> Engine::accumulate(const at::Tensor& batch, const std:
   }
   if (return_maps) return maps;
   return std::nullopt;
+}
+
+std::vector<int64_t> Engine::last_subsets() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return last_subsets_;
 }
 
 double Engine::zero_fraction() const {

@@ -76,6 +76,8 @@ class Engine {
   at::Tensor m2(bool subsets = false) const;
   // Fraction of exactly-zero values among all map values computed (count_zeros only; else -1).
   double zero_fraction() const;
+  // group_by: the subset of each sample of the last batch (for the listing of who fell where).
+  std::vector<int64_t> last_subsets() const;
   std::string device() const { return device_.str(); }
   const EngineOptions& options() const { return options_; }
 
@@ -96,6 +98,7 @@ class Engine {
   std::optional<torch::jit::Module> trunk_, head_;  // grad-cam: the model's `trunk` and `head` submodules
   ElementSums sums_;
   ElementSums subsets_;
+  std::vector<int64_t> last_subsets_;
   at::Tensor zeros_;        // on the device: no synchronisation per batch
   int64_t values_ = 0;
   mutable std::mutex mutex_;  // Python threads may call in parallel (the GIL is released)

@@ -175,3 +175,7 @@ def test_group_statistics_under_torchrun_and_parts(demo):
                               str(part)).returncode == 0
     assert maps_interpret(root, "test", "st3", *stats, *OPTIONS, "--num_parts", "2", "--merge_parts").returncode == 0
     assert_same_maps(outputs(root, "st3"), outputs(root, "st1"))
+    for name in ("st2", "st3"):  # the listing of who fell where, in session order, from every rank and part
+        for table in ("subsets.tsv", "statistics.tsv"):
+            theirs = root / "maps" / "split-0" / "best-loss" / "test" / f"interpret-{name}" / table
+            assert theirs.read_text() == (theirs.parent.parent / "interpret-st1" / table).read_text(), (name, table)

@@ -164,3 +164,6 @@ def test_group_statistics_resume_after_sigkill(demo):
     resumed = resume(root, "killstats", *stats)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_maps(outputs(root, "killstats"), outputs(root, "refstats"))
+    folder = root / "maps" / "split-0" / "best-loss" / "test"
+    assert (folder / "interpret-killstats" / "subsets.tsv").read_text() == \
+        (folder / "interpret-refstats" / "subsets.tsv").read_text()  # the checkpoint kept the listing so far

@@ -168,3 +168,27 @@ def test_statistics_tsv_lists_each_file_with_its_count_and_reads_back_with_panda
     for diagnosis in set(diagnoses):
         assert counts[("absmean", f"diagnosis-{diagnosis}")] == diagnoses.count(diagnosis)
     assert sorted(table.file) == sorted(p.name for p in folder.glob("*_image-0_map.pt") if not p.name.startswith("sub-"))
+
+
+def test_subsets_tsv_lists_each_session_in_its_subset(demo, tmp_path):
+    import pandas as pd
+
+    from maps_interpret.cli import main
+
+    folder = demo / "maps" / "split-0" / "best-loss" / "test"
+    listing = pd.read_csv(folder / "interpret-stats" / "subsets.tsv", sep="\t", dtype=str)
+    given = pd.read_csv(demo / "data" / "test.tsv", sep="\t", dtype=str)
+    assert list(listing.columns) == ["participant_id", "session_id", "image_id", "diagnosis"]
+    assert listing[["participant_id", "session_id", "diagnosis"]].equals(given[["participant_id", "session_id",
+                                                                                "diagnosis"]])
+    cwd = os.getcwd()
+    os.chdir(demo)
+    try:
+        assert main(["maps", "test", "correct", "--no-gpu", "-np", "0", "--group_by", "correct"]) == 0
+    finally:
+        os.chdir(cwd)
+    listing = pd.read_csv(folder / "interpret-correct" / "subsets.tsv", sep="\t", dtype=str)
+    counts = pd.read_csv(folder / "interpret-correct" / "statistics.tsv", sep="\t")
+    assert len(listing) == len(given) and set(listing.correct) <= {"false", "true"}
+    for subset, n in listing.correct.value_counts().items():
+        assert counts[counts.subset == f"correct-{subset}"].n_maps.tolist() == [n]

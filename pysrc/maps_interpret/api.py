@@ -290,9 +290,15 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
         engines.append((job, engine, staging.job_dir(index, job_index)))
     summary.engine_seconds += time.perf_counter() - start
 
+    members: list[list] = [[] for _ in engines]  # group_by: who fell in which subset, per model
+
     def partials() -> list[Partial]:
-        return [before.to(engine.device).merge(Partial.of_engine(engine))
-                for before, (_, engine, _) in zip(prior, engines)]
+        out = []
+        for before, (_, engine, _), mine in zip(prior, engines, members):
+            now = Partial.of_engine(engine)
+            now.members = list(mine)
+            out.append(before.to(engine.device).merge(now))
+        return out
 
     label_code = maps.params.get("label_code")
     given_subsets = GROUP_BY.get(config.group_by, "given") == "given"
@@ -320,11 +326,14 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
                          if config.method == "smoothgrad" else None)
                 subsets = [subset_of[s.group] for s in owners] if subset_of else None
                 labels = [label_code[s.label] for s in owners] if config.group_by == "correct" else None
-                for job, engine, folder in engines:
+                for (job, engine, folder), listing in zip(engines, members):
                     try:
                         maps_ = engine.accumulate(batch.images, batch.element_ids,
                                                   return_maps=config.save_individual, targets=targets, seeds=seeds,
                                                   subsets=subsets, labels=labels)
+                        if config.group_by:
+                            listing += [[s.participant_id, s.session_id, e, g]
+                                        for s, e, g in zip(owners, batch.element_ids, engine.last_subsets())]
                     except EngineError as error:
                         hint = (f"; lower --batch_size (now {config.batch_size})"
                                 if "out of memory" in str(error).lower() else "")
@@ -387,6 +396,10 @@ def _write_means(plan: Plan, data_pass: DataPass, partial: Partial, folder: Path
     if config.statistics or config.group_by:  # how many maps each file summarises (a subset may be small)
         writers.write_tsv(folder / "statistics.tsv", ["file", "statistic", "subset", f"{mode}_id", "n_maps"],
                           listing)
+    if config.group_by:  # which map went into which subset (predicted and correct are known only now)
+        writers.write_tsv(folder / "subsets.tsv", ["participant_id", "session_id", f"{mode}_id", config.group_by],
+                          [{"participant_id": p, "session_id": s, f"{mode}_id": e,
+                            config.group_by: _subset_name(data_pass, g)} for p, s, e, g in partial.members])
 
 
 def _subset_name(data_pass: DataPass, index: int) -> str:

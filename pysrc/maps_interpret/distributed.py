@@ -171,7 +171,7 @@ class Context:
 
         meta: list = [None] * self.world
         dist.all_gather_object(meta, [(p.ids, p.counts, None if p.sums is None else tuple(p.sums.shape[1:]),
-                                       sorted(p.stats)) for p in partials])
+                                       sorted(p.stats), p.members) for p in partials])
         device = torch.device(self.device("cuda")) if self.backend == "nccl" else torch.device("cpu")
         merged = []
         for job, partial in enumerate(partials):
@@ -203,7 +203,8 @@ class Context:
                 if rank_ids:
                     rows = [row[i] for i in rank_ids]
                     parts.append(Partial(list(rank_ids), list(rank_counts), gathered["sums"][rank][rows],
-                                         {name: gathered[name][rank][rows] for name in fields if name != "sums"}))
+                                         {name: gathered[name][rank][rows] for name in fields if name != "sums"},
+                                         list(meta[rank][job][4])))
             merged.append(merge_all(parts))
         return merged if self.is_main else None
 

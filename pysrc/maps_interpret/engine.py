@@ -181,6 +181,10 @@ class Engine:
     def means(self) -> dict[int, torch.Tensor]:
         return dict(zip(self._ids(), _core_call(self._core.means).unbind(0)))
 
+    def last_subsets(self) -> list[int]:
+        """group_by: the subset of each sample of the last batch."""
+        return _core_call(self._core.last_subsets)
+
     def zero_fraction(self) -> Optional[float]:
         """Fraction of exactly-zero map values so far, when counted (by default with `amp`)."""
         fraction = _core_call(self._core.zero_fraction)
