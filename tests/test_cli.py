@@ -168,10 +168,10 @@ def test_readers_threads_processes_and_small_shared_memory_give_the_same_maps(de
     assert "reading in 2 thread(s) instead" in caplog.text
     for split in (0, 1):
         ours = demo / "maps" / f"split-{split}" / "best-loss" / "test"
-        files = sorted(p.name for p in (ours / "interpret-x").iterdir())
+        files = sorted(p.name for p in (ours / "interpret-x").glob("*.pt"))
         assert len(files) == 5
         for run in ("threads", "processes", "y"):
-            assert files == sorted(p.name for p in (ours / f"interpret-{run}").iterdir())
+            assert files == sorted(p.name for p in (ours / f"interpret-{run}").glob("*.pt"))
             for name in files:
                 assert torch.equal(torch.load(ours / "interpret-x" / name, weights_only=True),
                                    torch.load(ours / f"interpret-{run}" / name, weights_only=True)), (run, name)

@@ -55,7 +55,7 @@ def test_new_group_is_written_like_clinicadl(demo):
     for split in (0, 1):
         folder = MAPS / f"split-{split}" / "best-loss" / "test" / "interpret-first"
         names = sorted(p.name for p in folder.iterdir())
-        assert names == ["mean_image-0_map.pt"]
+        assert names == ["interpret.json", "mean_image-0_map.pt"]
     assert not (MAPS / "split-0" / "best-accuracy" / "test").exists()  # default selection metric: loss only
 
 

@@ -118,7 +118,7 @@ def test_maps_names_and_means(mode_maps, tmp_path, monkeypatch, method):
     elements = sorted({key[2] for key in expected})
     sessions = sorted({key[:2] for key in expected})
     names = {f"{p}_{s}_{mode}-{e}_map.pt" for (p, s, e) in expected} | {f"mean_{mode}-{e}_map.pt" for e in elements}
-    assert {p.name for p in folder.iterdir()} == names
+    assert {p.name for p in folder.iterdir()} == names | {"interpret.json"}
     for (participant, session, element), reference in expected.items():
         ours = torch.load(folder / f"{participant}_{session}_{mode}-{element}_map.pt", weights_only=True)
         assert_close_to_reference(ours, reference, f"{case} {participant} {session} {mode}-{element}")
@@ -143,8 +143,8 @@ def test_preprocessing_on_the_device_gives_the_loaders_maps(mode_maps, tmp_path,
     assert main(["maps", "test", "loader", "gradients", *group, *options]) == 0
     assert main(["maps", "test", "device", "gradients", *options, "--preprocess_on", "device"]) == 0
     base = root / "maps" / "split-0" / "best-loss" / "test"
-    loader = sorted(p.name for p in (base / "interpret-loader").iterdir())
-    assert loader == sorted(p.name for p in (base / "interpret-device").iterdir()) and len(loader) > 2
+    loader = sorted(p.name for p in (base / "interpret-loader").glob("*.pt"))
+    assert loader == sorted(p.name for p in (base / "interpret-device").glob("*.pt")) and len(loader) > 2
     for name in loader:
         assert torch.equal(torch.load(base / "interpret-loader" / name, weights_only=True),
                            torch.load(base / "interpret-device" / name, weights_only=True)), name

@@ -31,7 +31,7 @@ def test_demo_command_end_to_end(tmp_path):
     folder = root / "maps" / "split-1" / "best-loss" / "test" / "interpret-demo"
     assert result.stdout.splitlines()[-1] == "maps/split-1/best-loss/test/interpret-demo"
     names = sorted(p.name for p in folder.iterdir())
-    assert len(names) == 2 * 8 and "mean_image-0_map.nii.gz" in names
+    assert len(names) == 2 * 8 + 1 and "mean_image-0_map.nii.gz" in names and "interpret.json" in names
     mean = torch.load(folder / "mean_image-0_map.pt", weights_only=True)
     individual = [torch.load(p, weights_only=True) for p in sorted(folder.glob("sub-*.pt"))]
     assert torch.allclose(mean, torch.stack(individual).mean(0), rtol=1e-5, atol=1e-12)

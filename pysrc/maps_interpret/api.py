@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from . import checkpoints, signals, writers
+from . import checkpoints, provenance, signals, writers
 from . import engine as _engine  # noqa: F401  (loads and checks the C++ core now: a torch mismatch fails first)
 from .caps import SessionDataset, make_batches, prefetch
 from .config import InterpretConfig
@@ -99,6 +99,7 @@ def _run(config: InterpretConfig, ctx: Context, start: float) -> RunSummary:
         shard_index, shard_count = config.part_id * ctx.world + ctx.rank, config.num_parts * ctx.world
         committed = [False]  # the data group, with the first published results
         for index, data_pass in enumerate(plan.passes):
+            pass_started = time.perf_counter()
             if states[index] == "published":
                 summary.outputs += [job.output_dir for job in data_pass.jobs]
                 continue
@@ -111,7 +112,8 @@ def _run(config: InterpretConfig, ctx: Context, start: float) -> RunSummary:
                     ctx.barrier()
                 if not parts:  # rank 0 publishes; the others hear whether it could
                     ctx.agree(_attempt(lambda: _publish(plan, index, data_pass, staging, checkpoint, summary,
-                                                        committed)) if ctx.is_main else None)
+                                                        committed, time.perf_counter() - pass_started,
+                                                        ctx.world)) if ctx.is_main else None)
             except OSError as error:
                 raise _disk_error(error, plan, summary) from None
         if parts and ctx.is_main:
@@ -136,12 +138,17 @@ def _run(config: InterpretConfig, ctx: Context, start: float) -> RunSummary:
 
 
 def _publish(plan: Plan, index: int, data_pass: DataPass, staging: writers.Staging,
-             checkpoint: checkpoints.Checkpoint, summary: RunSummary, committed: list) -> None:
-    """Rank 0, a pass computed: the means, the data group (with the first results), the folders in place."""
+             checkpoint: checkpoints.Checkpoint, summary: RunSummary, committed: list, seconds: float,
+             ranks: int) -> None:
+    """Rank 0, a pass computed: the means, the provenance, the data group (with the first results), the folders
+    in place."""
     try:
         merged = checkpoint.partials(index, len(data_pass.jobs))
-        for job_index, partial in enumerate(merged):
-            _write_means(plan, data_pass, partial, staging.job_dir(index, job_index))
+        for job_index, (job, partial) in enumerate(zip(data_pass.jobs, merged)):
+            folder = staging.job_dir(index, job_index)
+            _write_means(plan, data_pass, partial, folder)
+            writers.write_json(folder / provenance.FILE, provenance.provenance(
+                plan, data_pass, job, folder, seconds, ranks, summary.resumed_elements))
         if not committed[0]:  # the group exists in the MAPS from the first finished results on
             commit_group(plan.maps, plan.group)
             committed[0] = True
@@ -420,6 +427,7 @@ def _merge_parts(plan: Plan, summary: RunSummary) -> None:
     _pass_states(plan, checkpoints.Checkpoint(root, 0, 1, fingerprint))  # output folders: refused if present
     staging = writers.Staging(plan.maps.path, f"{config.data_group}-{config.name}-merge")
     _open(staging, config)
+    started = time.perf_counter()  # the merge's own time: each part's is in its log
     done = False
     try:
         for index, data_pass in enumerate(plan.passes):
@@ -431,6 +439,8 @@ def _merge_parts(plan: Plan, summary: RunSummary) -> None:
                 for run_dir, _ in parts:
                     for path in sorted((run_dir / f"pass-{index}-job-{job_index}").glob("*")):
                         os.link(path, folder / path.name)
+                writers.write_json(folder / provenance.FILE, provenance.provenance(
+                    plan, data_pass, job, folder, time.perf_counter() - started, 1))
             summary.sessions += len(data_pass.sessions)
         commit_group(plan.maps, plan.group)
         for index, data_pass in enumerate(plan.passes):
