@@ -105,7 +105,7 @@ def test_remove_tree(tmp_path):
 
 
 def test_nifti_layout_of_maps():
-    from maps_interpret.api import nifti_array
+    from maps_interpret.writers import nifti_array
 
     assert nifti_array(torch.zeros(1, 4, 5, 6)).shape == (4, 5, 6)
     assert nifti_array(torch.zeros(1, 4, 5)).shape == (4, 5)

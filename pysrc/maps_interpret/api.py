@@ -350,7 +350,7 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
                         for map_, element, position in zip(maps_, batch.element_ids, batch.session_index):
                             session = sessions[first_session + position]
                             stem = f"{session.participant_id}_{session.session_id}_{mode}-{element}_map"
-                            background.submit(_write_map, map_, folder / stem, config.save_nifti)
+                            background.submit(writers.save_map, map_, folder / stem, config.save_nifti)
                 done += len(batch.element_ids)
                 since_checkpoint += 1
                 progress.update(len(batch.element_ids))
@@ -397,7 +397,7 @@ def _write_means(plan: Plan, data_pass: DataPass, partial: Partial, folder: Path
             subset, element = split_key(key)
             label = "" if subset is None else f"{config.group_by}-{_subset_name(data_pass, subset)}_"
             stem = f"{name}_{label}{mode}-{element}_map"
-            _write_map(value.cpu(), folder / stem, config.save_nifti)
+            writers.save_map(value.cpu(), folder / stem, config.save_nifti)
             listing.append({"file": f"{stem}.pt", "statistic": name, "subset": label[:-1] or "all",
                             f"{mode}_id": element, "n_maps": counts[key]})
     if config.statistics or config.group_by:  # how many maps each file summarises (a subset may be small)
@@ -460,21 +460,6 @@ def _merge_parts(plan: Plan, summary: RunSummary) -> None:
             root.rmdir()
         except OSError:
             pass
-
-
-def nifti_array(map_: torch.Tensor) -> torch.Tensor:
-    """A map (C, *spatial) as NIfTI data: the spatial axes first; several channels (rgb slices) go to the
-    4th axis, after a singleton z for 2D maps."""
-    if map_.shape[0] == 1:
-        return map_[0]
-    channels_last = map_.movedim(0, -1)
-    return channels_last.unsqueeze(2) if map_.dim() == 3 else channels_last
-
-
-def _write_map(map_: torch.Tensor, stem: Path, nifti: bool) -> None:
-    writers.save_tensor(map_, stem.with_name(stem.name + ".pt"))
-    if nifti:
-        writers.save_nifti(nifti_array(map_).numpy(), stem.with_name(stem.name + ".nii.gz"))
 
 
 def _amp_dtype() -> torch.dtype:

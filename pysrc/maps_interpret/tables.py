@@ -56,8 +56,10 @@ def read_table(path: Path) -> Table:
             raise MapsInterpretError(f"{path}, line {number}: {line.count(chr(9)) + 1} tab-separated values for "
                                      f"{len(header)} columns")
     try:
-        frame = pd.read_csv(io.StringIO(text), sep="\t", dtype=str, keep_default_na=False, na_filter=False,
-                            index_col=False, quoting=csv.QUOTE_NONE, skip_blank_lines=True)
+        # Exactly the lines checked above (blank ones, even with tabs, left out as before): pandas and this
+        # check must agree on what a line is.
+        frame = pd.read_csv(io.StringIO("\n".join(line for _, line in lines) + "\n"), sep="\t", dtype=str,
+                            keep_default_na=False, na_filter=False, index_col=False, quoting=csv.QUOTE_NONE)
     except (pd.errors.ParserError, ValueError) as error:
         raise MapsInterpretError(f"{path} is not a valid TSV file: {str(error).strip()}") from None
     frame.columns = header  # as written: pandas would rename an empty name "Unnamed: 0", and mangle repeats

@@ -91,6 +91,23 @@ def save_nifti(volume, path: Path, affine=None) -> None:
         raise
 
 
+def nifti_array(map_):
+    """A map (C, *spatial) as NIfTI data: the spatial axes first; several channels (rgb slices) go to the
+    4th axis, after a singleton z for 2D maps."""
+    if map_.shape[0] == 1:
+        return map_[0]
+    channels_last = map_.movedim(0, -1)
+    return channels_last.unsqueeze(2) if map_.dim() == 3 else channels_last
+
+
+def save_map(map_, stem: Path, nifti: bool) -> None:
+    """A map as `<stem>.pt` and, with `nifti`, `<stem>.nii.gz` (the NIfTI layout is decided here, by the writers)."""
+    stem = Path(stem)
+    save_tensor(map_, stem.with_name(stem.name + ".pt"))
+    if nifti:
+        save_nifti(nifti_array(map_).numpy(), stem.with_name(stem.name + ".nii.gz"))
+
+
 def remove_tree(path: Path) -> None:
     """Removes a folder of results: first renamed out of sight (atomic), then deleted."""
     path = Path(path)
