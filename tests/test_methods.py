@@ -228,3 +228,11 @@ def test_label_and_predicted_are_refused_for_a_regression_maps(demo, tmp_path, c
     for target in ("predicted", "label"):
         assert interpret(root, "x", "--target_node", target) == 2
         assert f"--target_node {target} needs a classification MAPS" in capsys.readouterr().err
+
+
+def test_the_zero_fraction_of_each_model_is_logged_when_counted(demo, monkeypatch, caplog):
+    """Under --amp (GPU only) the engine counts exactly-zero values; the run reports them per model."""
+    monkeypatch.setattr(Engine, "zero_fraction", lambda self: 0.25)
+    with caplog.at_level("INFO", logger="maps_interpret"):
+        assert interpret(demo, "zeros") == 0
+    assert caplog.text.count("25.0000% of the gradient values are exactly zero under --amp") == 2  # 2 splits

@@ -368,6 +368,11 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
             if ctx.failed():  # another rank failed: stop here, the error is raised where the ranks agree
                 break
     summary.loop_seconds += time.perf_counter() - start
+    for job, engine, _ in engines:
+        zeros = engine.zero_fraction()  # one device synchronisation
+        if zeros is not None:
+            log.info("%s-%d best-%s: %.4f%% of the gradient values are exactly zero under --amp (compare with a "
+                     "float32 run to see underflow)", maps.split_name, job.split, job.metric, 100 * zeros)
     summary.sessions += max(0, end_session - first_session)
     summary.maps += (done - resumed) * len(engines)
     return partials()
