@@ -4,6 +4,10 @@
 
 namespace mi {
 
+namespace {
+constexpr const char* kNoStatistics = "no map has been accumulated yet, or statistics were not asked for";
+}  // namespace
+
 void ElementSums::reserve(const std::vector<int64_t>& ids) {
   TORCH_CHECK(!sums_.defined(), "ElementSums.reserve: maps were already added");
   for (auto id : ids) {
@@ -69,16 +73,16 @@ void ElementSums::add(const at::Tensor& maps, const std::vector<int64_t>& ids) {
   }
 }
 
-at::Tensor ElementSums::rows(const at::Tensor& all) const {
-  TORCH_CHECK(all.defined(), "no map has been accumulated yet (or statistics were not asked for)");
+at::Tensor ElementSums::rows(const at::Tensor& all, const char* missing) const {
+  TORCH_CHECK(all.defined(), missing);
   const auto slots = sorted_slots();
   auto index = at::tensor(slots, at::TensorOptions().dtype(at::kLong)).to(all.device());
   return all.index_select(0, index);
 }
 
-at::Tensor ElementSums::abs_sums() const { return rows(abs_sums_); }
-at::Tensor ElementSums::welford_means() const { return rows(mean64_); }
-at::Tensor ElementSums::m2() const { return rows(m2_); }
+at::Tensor ElementSums::abs_sums() const { return rows(abs_sums_, kNoStatistics); }
+at::Tensor ElementSums::welford_means() const { return rows(mean64_, kNoStatistics); }
+at::Tensor ElementSums::m2() const { return rows(m2_, kNoStatistics); }
 
 std::vector<int64_t> ElementSums::sorted_slots() const {
   std::vector<int64_t> slots;
@@ -104,12 +108,7 @@ std::vector<int64_t> ElementSums::counts() const {
   return out;
 }
 
-at::Tensor ElementSums::sums() const {
-  TORCH_CHECK(sums_.defined(), "no map has been accumulated yet");
-  const auto slots = sorted_slots();
-  auto index = at::tensor(slots, at::TensorOptions().dtype(at::kLong)).to(sums_.device());
-  return sums_.index_select(0, index);
-}
+at::Tensor ElementSums::sums() const { return rows(sums_, "no map has been accumulated yet"); }
 
 at::Tensor ElementSums::means() const {
   at::Tensor sums = this->sums();

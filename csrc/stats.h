@@ -39,7 +39,8 @@ class ElementSums {
 
  private:
   std::vector<int64_t> sorted_slots() const;
-  at::Tensor rows(const at::Tensor& all) const;  // `all`'s rows of the ids with a count, sorted by id
+  // `all`'s rows of the ids with a count, sorted by id; `missing`: the error when nothing was accumulated.
+  at::Tensor rows(const at::Tensor& all, const char* missing) const;
   bool statistics_;
   at::Tensor abs_sums_, mean64_, m2_;
 

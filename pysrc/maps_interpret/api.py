@@ -104,6 +104,7 @@ def _run(config: InterpretConfig, ctx: Context, start: float) -> RunSummary:
                 summary.outputs += [job.output_dir for job in data_pass.jobs]
                 continue
             try:
+                merged = None  # rank 0: each model's sums over every rank (read back if an earlier run made them)
                 if states[index] != "computed":
                     merged = _compute_pass(plan, index, data_pass, staging, checkpoint, ctx, summary,
                                            element_shard(data_pass, config.batch_size, shard_index, shard_count))
@@ -111,14 +112,13 @@ def _run(config: InterpretConfig, ctx: Context, start: float) -> RunSummary:
                         checkpoint.save(index, 0, [p.state() for p in merged], state="computed")
                     ctx.barrier()
                 if not parts:  # rank 0 publishes; the others hear whether it could
-                    ctx.agree(_attempt(lambda: _publish(plan, index, data_pass, staging, checkpoint, summary,
+                    ctx.agree(_attempt(lambda: _publish(plan, index, data_pass, staging, checkpoint, merged, summary,
                                                         committed, time.perf_counter() - pass_started,
                                                         ctx.world)) if ctx.is_main else None)
             except OSError as error:
                 raise _disk_error(error, plan, summary) from None
         if parts and ctx.is_main:
-            checkpoints.write_part(staging.run_dir, fingerprint, config.part_id, config.num_parts,
-                                   {i: checkpoint.partials(i, len(p.jobs)) for i, p in enumerate(plan.passes)},
+            checkpoints.write_part(checkpoint, config.part_id, config.num_parts,
                                    {i: len(p.sessions) for i, p in enumerate(plan.passes)})
             log.info("part %d of %d finished in %s; combine the parts with --merge_parts --num_parts %d once all "
                      "are finished", config.part_id, config.num_parts, staging.run_dir, config.num_parts)
@@ -138,12 +138,13 @@ def _run(config: InterpretConfig, ctx: Context, start: float) -> RunSummary:
 
 
 def _publish(plan: Plan, index: int, data_pass: DataPass, staging: writers.Staging,
-             checkpoint: checkpoints.Checkpoint, summary: RunSummary, committed: list, seconds: float,
-             ranks: int) -> None:
-    """Rank 0, a pass computed: the means, the provenance, the data group (with the first results), the folders
-    in place."""
+             checkpoint: checkpoints.Checkpoint, merged: Optional[list[Partial]], summary: RunSummary,
+             committed: list, seconds: float, ranks: int) -> None:
+    """Rank 0, a pass computed (its sums `merged`, or None to read them from the checkpoint): the means, the
+    provenance, the data group (with the first results), the folders in place."""
     try:
-        merged = checkpoint.partials(index, len(data_pass.jobs))
+        if merged is None:
+            merged = checkpoint.partials(index, len(data_pass.jobs))
         for job_index, (job, partial) in enumerate(zip(data_pass.jobs, merged)):
             folder = staging.job_dir(index, job_index)
             _write_means(plan, data_pass, partial, folder)
@@ -188,8 +189,7 @@ def _open(staging: writers.Staging, config: InterpretConfig) -> bool:
 def _load_checkpoint(checkpoint: checkpoints.Checkpoint, config: InterpretConfig, resumable: bool,
                      ctx: Context) -> None:
     if config.resume and resumable and checkpoint.load():
-        log.info("rank %d: resuming from %s", ctx.rank, checkpoint.path) if ctx.enabled else \
-            log.info("resuming from %s", checkpoint.path)
+        log.info("%sresuming from %s", f"rank {ctx.rank}: " if ctx.enabled else "", checkpoint.path)
     elif config.resume and ctx.is_main:
         log.info("--continue: no checkpoint of an interrupted run of %s/%s; starting from the beginning",
                  config.data_group, config.name)
@@ -198,14 +198,18 @@ def _load_checkpoint(checkpoint: checkpoints.Checkpoint, config: InterpretConfig
 def _pass_states(plan: Plan, checkpoint: checkpoints.Checkpoint) -> list[str]:
     """Rank 0's record of each pass; with --continue, output folders must be the ones it published."""
     states = [checkpoint.state_of(index) for index in range(len(plan.passes))]
+    _refuse_existing_outputs(plan, [state == "published" for state in states])
+    return states
+
+
+def _refuse_existing_outputs(plan: Plan, published: list[bool]) -> None:
+    """An output folder may exist only if this run published it (--continue) or may replace it."""
     config = plan.config
-    for state, data_pass in zip(states, plan.passes):
+    for done, data_pass in zip(published, plan.passes):
         for job in data_pass.jobs:
-            if state != "published" and job.output_dir.exists() and not (config.overwrite_name or
-                                                                          plan.group.erase_results):
+            if not done and job.output_dir.exists() and not (config.overwrite_name or plan.group.erase_results):
                 raise MapsInterpretError(f"{job.output_dir} already exists: choose another NAME, or add "
                                          "--overwrite_name to replace it")
-    return states
 
 
 def _compute_pass(plan: Plan, index: int, data_pass: DataPass, staging: writers.Staging,
@@ -429,17 +433,17 @@ def _merge_parts(plan: Plan, summary: RunSummary) -> None:
     for part in range(config.num_parts):
         run_dir = root / checkpoints.run_key(config, part_id=part)
         parts.append((run_dir, checkpoints.read_part(run_dir, fingerprint, part, config.num_parts)))
-    _pass_states(plan, checkpoints.Checkpoint(root, 0, 1, fingerprint))  # output folders: refused if present
+    _refuse_existing_outputs(plan, [False] * len(plan.passes))
     staging = writers.Staging(plan.maps.path, f"{config.data_group}-{config.name}-merge")
     _open(staging, config)
     started = time.perf_counter()  # the merge's own time: each part's is in its log
     done = False
     try:
         for index, data_pass in enumerate(plan.passes):
+            per_part = [checkpoints.part_partials(run_dir, state, index) for run_dir, state in parts]
             for job_index, job in enumerate(data_pass.jobs):
                 folder = staging.job_dir(index, job_index)
-                partial = merge_all(checkpoints.part_partials(run_dir, state, index)[job_index]
-                                    for run_dir, state in parts)
+                partial = merge_all(partials[job_index] for partials in per_part)
                 _write_means(plan, data_pass, partial, folder)
                 for run_dir, _ in parts:
                     for path in sorted((run_dir / f"pass-{index}-job-{job_index}").glob("*")):
@@ -457,14 +461,9 @@ def _merge_parts(plan: Plan, summary: RunSummary) -> None:
         done = True
     finally:
         staging.close(keep=False)
-    if done:
+    if done:  # the parts' folders and their locks go, as a finished run's do
         for run_dir, _ in parts:
-            writers.remove_tree(run_dir)
-            (root / f"{run_dir.name}.lock").unlink(missing_ok=True)
-        try:
-            root.rmdir()
-        except OSError:
-            pass
+            writers.Staging(plan.maps.path, run_dir.name).close(keep=False)
 
 
 def _amp_dtype() -> torch.dtype:

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from .errors import MapsInterpretError, first_line
-from .transforms import Preprocess
+from .transforms import Preprocess, memory_order
 
 T = TypeVar("T")
 log = logging.getLogger("maps_interpret")
@@ -148,7 +148,7 @@ def storage_order(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     that items concatenate along it), and the `order` with which `stored.permute(order)` is `x` again; a
     contiguous copy and the identity when the strides are no permutation of a contiguous layout. A GPU undoes
     the permutation far faster than a CPU core."""
-    perm = [0, *sorted(range(1, x.dim()), key=lambda d: -x.stride(d))]
+    perm = memory_order(x)
     stored = x.permute(perm)
     if not stored.is_contiguous():
         return x.contiguous(), tuple(range(x.dim()))

@@ -149,20 +149,14 @@ class Checkpoint:
                                        "passes": {str(p): v for p, v in sorted(self.passes.items())}})
 
 
-def write_part(run_dir: Path, fingerprint_: dict, part_id: int, num_parts: int,
-               partials: dict[int, list[Partial]], sessions: dict[int, int]) -> None:
-    """A finished part: each pass's merged partial sums (over the part's sessions), then its marker."""
-    passes = {}
-    for pass_index, jobs in partials.items():
-        files = []
-        for job, partial in enumerate(jobs):
-            name = f"part-p{pass_index}-j{job}.pt"
-            writers.save_state(partial.state(), run_dir / name)
-            files.append(name)
-        passes[str(pass_index)] = {"sums": files, "sessions": sessions[pass_index]}
-    writers.write_json(run_dir / writers.PART_MARKER, {"version": VERSION, "part_id": part_id,
-                                                       "num_parts": num_parts, "fingerprint": fingerprint_,
-                                                       "passes": passes})
+def write_part(checkpoint: Checkpoint, part_id: int, num_parts: int, sessions: dict[int, int]) -> None:
+    """A finished part's marker: it names the sums files its checkpoint already holds, each pass's sums merged
+    over the part's ranks (state "computed")."""
+    passes = {str(pass_index): {"sums": entry["sums"], "sessions": sessions[pass_index]}
+              for pass_index, entry in sorted(checkpoint.passes.items())}
+    writers.write_json(checkpoint.run_dir / writers.PART_MARKER, {
+        "version": VERSION, "part_id": part_id, "num_parts": num_parts, "fingerprint": checkpoint.fingerprint,
+        "passes": passes})
 
 
 def read_part(run_dir: Path, fingerprint_: dict, part_id: int, num_parts: int) -> dict:

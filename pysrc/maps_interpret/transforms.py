@@ -65,11 +65,18 @@ def copy_contiguous(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def memory_order(x: torch.Tensor) -> list[int]:
+    """The permutation of `x` (N, ...) that keeps the leading axis and puts the others in the order of its
+    memory (largest stride first): `x.permute(memory_order(x))` is contiguous when `x` is a transposed
+    contiguous tensor, as ClinicaDL's prepare-data tensors are."""
+    return [0, *sorted(range(1, x.dim()), key=lambda d: -x.stride(d))]
+
+
 def _extremes(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-element minimum and maximum of (N, ...); NaN propagates to both. Reduced in memory order (the set
     of values, so the result, is the same) and as two reductions: measured 7x faster than `aminmax(dim=1)`
     on the CPU (torch 2.13), and a transposed tensor reduced in its logical order is slower still."""
-    in_memory = x.permute(0, *sorted(range(1, x.dim()), key=lambda d: -x.stride(d)))
+    in_memory = x.permute(memory_order(x))
     flat = (in_memory if in_memory.is_contiguous() else x).reshape(x.shape[0], -1)
     return flat.amin(dim=1), flat.amax(dim=1)
 

@@ -182,7 +182,7 @@ class Staging:
     and that hold no checkpoint are what killed runs left: they are removed. A folder with a checkpoint is
     kept until a run `--continue`s it or discards it (`--overwrite_name`). The run decides at the end
     whether its folder goes (success, error) or stays (interrupted with a checkpoint, finished part).
-    Other ranks of a torchrun job use the folder of rank 0 (`Staging.join`) without owning it.
+    Other ranks of a torchrun job write into the same folder (same key) without opening it.
     """
 
     def __init__(self, maps_path: Path, key: str):
@@ -190,10 +190,6 @@ class Staging:
         self.key = key
         self.run_dir = self.root / key
         self._lock = None
-
-    @classmethod
-    def join(cls, maps_path: Path, key: str) -> "Staging":
-        return cls(maps_path, key)
 
     def open(self, keep_checkpoint: bool, discard_checkpoint: bool) -> bool:
         """Takes the key, clears what killed runs left; returns whether the run folder holds a checkpoint
