@@ -112,6 +112,17 @@ class InterpretConfig:
         "-on", "--overwrite_name", help="Replace an existing interpret-<NAME> folder."))
     save_nifti: bool = field(default=False, metadata=_opt(
         "--save_nifti", help="Also write each map as a float32 NIfTI file (.nii.gz)."))
+    save_figures: bool = field(default=False, metadata=_opt(
+        "--save_figures", help="Also draw every mean/statistic map over the group's mean input image (PNG, one "
+                               "symmetric colour scale per run) and an index.html showing them all."))
+    sanity_check: bool = field(default=False, metadata=_opt(
+        "--sanity_check", help="Also run Adebayo et al.'s cascading randomisation: re-initialise the model's layers "
+                               "from the output down, one more at a time, recompute the mean map each time and "
+                               "report its similarity to the trained model's (sanity_check.tsv and .png)."))
+    sanity_sessions: int = field(default=0, metadata=_opt(
+        "--sanity_sessions", type=int, metavar="N",
+        help="--sanity_check: the mean maps of the randomised models are computed over the group's first N "
+             "sessions (default: 0, every session; each randomised layer costs one pass over them)."))
     level_grad_cam: Optional[int] = field(default=None, metadata=_opt(
         "--level_grad_cam", type=int, metavar="INT",
         help="Grad-CAM: the feature map is taken after this many modules of the network's `convolutions` "
@@ -200,5 +211,7 @@ def validate(config: InterpretConfig) -> None:
                          "remove one of them")
     if config.resume and config.merge_parts:
         raise UsageError("--merge_parts computes nothing and cannot be continued: remove --continue")
+    if config.sanity_sessions < 0:
+        raise UsageError(f"--sanity_sessions must be 0 (every session) or more, got {config.sanity_sessions}")
     if config.amp and not config.gpu:
         raise UsageError("--amp needs the GPU: remove --amp or --no-gpu")
