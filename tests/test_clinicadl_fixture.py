@@ -31,7 +31,8 @@ import pytest
 import torch
 
 from helpers import assert_close_to_reference, fixture_root
-from parity import AVX2_EMULATION, cpu_kind, judge, record, reference_sets
+from maps_interpret.space import IMAGE_SPACE
+from parity import AVX2_EMULATION, cpu_capability, cpu_kind, judge, record, reference_sets
 
 pytestmark = pytest.mark.slow
 ROOT = fixture_root()
@@ -71,7 +72,7 @@ def needs(run: str) -> list:
     if run == "cuda":
         return [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
     if run == "avx2":
-        return [pytest.mark.skipif(cpu_kind() != "AVX512", reason="AVX2 emulation needs an AVX-512 CPU")]
+        return [pytest.mark.skipif(cpu_capability() != "AVX512", reason="AVX2 emulation needs an AVX-512 CPU")]
     return []
 
 
@@ -120,8 +121,9 @@ def test_same_files_and_maps_as_clinicadl(fixture_runs, clinicadl_fixture, maps_
     primary = sets[next(iter(sets))] / folder
     ours = fixture_runs(maps_name, run) / maps_name / folder
     assert ours.is_dir(), f"{folder} was not written"
-    assert sorted(p.name for p in ours.iterdir() if p.name != "interpret.json") == sorted(  # ours: provenance
-        p.name for p in primary.iterdir())
+    # Ours adds the provenance and, in patch/slice/roi mode, the maps put back into the image grid.
+    assert sorted(p.name for p in ours.iterdir() if p.name != "interpret.json" and IMAGE_SPACE not in p.name) == \
+        sorted(p.name for p in primary.iterdir())
     assert (ours / "interpret.json").is_file()
     method = method_of(maps_name, folder.rsplit("interpret-", 1)[1])
     if run == "default" and method == "grad-cam":
@@ -237,5 +239,6 @@ def test_regression_from_the_cli(clinicadl_fixture, tmp_path, monkeypatch):
     assert not (tmp_path / "maps" / "groups" / "test").exists()
     assert main(base) == 0
     folder = tmp_path / "maps" / "split-0" / "best-loss" / "test" / "interpret-age"
-    assert sorted(p.name for p in folder.glob("*.pt")) == sorted(f"mean_slice-{k}_map.pt" for k in range(28))
+    assert sorted(p.name for p in folder.glob("*.pt")) == sorted(
+        [f"mean_slice-{k}_map.pt" for k in range(28)] + [f"mean_{IMAGE_SPACE}_map.pt"])
     assert "age" in (tmp_path / "maps" / "groups" / "test" / "data.tsv").read_text().splitlines()[0]

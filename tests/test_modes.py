@@ -15,6 +15,7 @@ from maps_interpret.cli import main
 from maps_interpret.maps import open_maps
 from maps_interpret.models import load_model
 from maps_interpret.reference import ReferenceEngine
+from maps_interpret.space import IMAGE_SPACE, to_image
 from maps_interpret.synthetic import PATTERN, build_demo, tensor_path
 
 SHAPE = (20, 22, 18)
@@ -118,7 +119,13 @@ def test_maps_names_and_means(mode_maps, tmp_path, monkeypatch, method):
     elements = sorted({key[2] for key in expected})
     sessions = sorted({key[:2] for key in expected})
     names = {f"{p}_{s}_{mode}-{e}_map.pt" for (p, s, e) in expected} | {f"mean_{mode}-{e}_map.pt" for e in elements}
-    assert {p.name for p in folder.iterdir()} == names | {"interpret.json"}
+    # Patch, slice and roi maps are also put back into the image grid (space.py), per session and the mean.
+    whole = {f"{p}_{s}_{IMAGE_SPACE}_map.pt" for p, s in sessions} | {f"mean_{IMAGE_SPACE}_map.pt"}
+    assert {p.name for p in folder.iterdir()} == names | whole | {"interpret.json"}
+    layout = open_plan_layout(root)
+    means = {e: torch.load(folder / f"mean_{mode}-{e}_map.pt", weights_only=True) for e in elements}
+    assert torch.equal(torch.load(folder / f"mean_{IMAGE_SPACE}_map.pt", weights_only=True),
+                       to_image(layout, means, (1, *SHAPE)))
     for (participant, session, element), reference in expected.items():
         ours = torch.load(folder / f"{participant}_{session}_{mode}-{element}_map.pt", weights_only=True)
         assert_close_to_reference(ours, reference, f"{case} {participant} {session} {mode}-{element}")
@@ -130,6 +137,13 @@ def test_maps_names_and_means(mode_maps, tmp_path, monkeypatch, method):
         clinicadl = torch.load(compat / f"mean_{mode}-{element}_map.pt", weights_only=True)
         if method == "gradients":  # compat Grad-CAM is another method: compared in test_clinicadl_fixture
             assert_close_to_reference(clinicadl, total / (len(sessions) * len(elements)), f"compat {mode}-{element}")
+
+
+def open_plan_layout(root: Path):
+    from maps_interpret.elements import layout_for
+
+    maps = open_maps(root / "maps")
+    return layout_for(maps.params["preprocessing_dict"], root / "data" / "caps")
 
 
 def test_preprocessing_on_the_device_gives_the_loaders_maps(mode_maps, tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import fixture_root
-from parity import Comparison, cpu_kind, judge, reference_sets
+from parity import Comparison, cpu_capability, judge, reference_sets
 
 VALIDATION = "split-0/best-loss/validation/interpret-gradients_validation"
 
@@ -96,9 +96,9 @@ def test_reference_sets_found_by_kind(tmp_path):
                                                           "AVX2": tmp_path / "alternates/avx2/maps_image_cls"}
 
 
-@pytest.mark.skipif(cpu_kind() != "AVX512", reason="needs an AVX-512 CPU to limit torch to AVX2")
-def test_cpu_kind_is_what_torch_dispatches():
-    code = "import sys; sys.path.insert(0, 'tests'); from parity import cpu_kind; print(cpu_kind())"
+@pytest.mark.skipif(cpu_capability() != "AVX512", reason="needs an AVX-512 CPU to limit torch to AVX2")
+def test_cpu_capability_is_what_torch_dispatches():
+    code = "import sys; sys.path.insert(0, 'tests'); from parity import cpu_capability; print(cpu_capability())"
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

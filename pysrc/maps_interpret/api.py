@@ -20,14 +20,14 @@ from typing import Optional
 import torch
 from tqdm import tqdm
 
-from . import checkpoints, provenance, signals, writers
+from . import checkpoints, provenance, results, signals, writers
 from . import engine as _engine  # noqa: F401  (loads and checks the C++ core now: a torch mismatch fails first)
 from .caps import SessionDataset, make_batches, prefetch
 from .config import InterpretConfig
 from .distributed import Context, shard
 from .errors import MapsInterpretError, UsageError
 from .groups import commit_group
-from .partials import SUBSET_STRIDE, Partial, merge_all, split_key
+from .partials import Partial, merge_all
 from .plan import DataPass, Plan, make_plan
 from .transforms import Preprocess
 
@@ -84,6 +84,8 @@ def _run(config: InterpretConfig, ctx: Context, start: float) -> RunSummary:
         log.info("%s: %s of data group %s (%s mode), %d model(s), %d pass(es) over the data, on %s%s", plan.maps.path,
                  config.method, config.data_group, plan.maps.mode, len(plan.jobs), len(plan.passes), plan.device,
                  f" and {ctx.world - 1} other rank(s)" if ctx.enabled else "")
+    if ctx.is_main:
+        results.check_sources(plan)
     if config.merge_parts:
         _merge_parts(plan, summary)
         return summary
@@ -147,7 +149,8 @@ def _publish(plan: Plan, index: int, data_pass: DataPass, staging: writers.Stagi
             merged = checkpoint.partials(index, len(data_pass.jobs))
         for job_index, (job, partial) in enumerate(zip(data_pass.jobs, merged)):
             folder = staging.job_dir(index, job_index)
-            _write_means(plan, data_pass, partial, folder)
+            results.write_means(plan, data_pass, partial, folder)
+            results.write_individual_image_space(plan, data_pass, folder)
             writers.write_json(folder / provenance.FILE, provenance.provenance(
                 plan, data_pass, job, folder, seconds, ranks, summary.resumed_elements))
         if not committed[0]:  # the group exists in the MAPS from the first finished results on
@@ -353,8 +356,8 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
                         maps_ = maps_.cpu()
                         for map_, element, position in zip(maps_, batch.element_ids, batch.session_index):
                             session = sessions[first_session + position]
-                            stem = f"{session.participant_id}_{session.session_id}_{mode}-{element}_map"
-                            background.submit(writers.save_map, map_, folder / stem, config.save_nifti)
+                            background.submit(results.save_individual, plan, data_pass, session, element, map_,
+                                              folder)
                 done += len(batch.element_ids)
                 since_checkpoint += 1
                 progress.update(len(batch.element_ids))
@@ -382,46 +385,6 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
     return partials()
 
 
-def _write_means(plan: Plan, data_pass: DataPass, partial: Partial, folder: Path) -> None:
-    """Each element's mean map (ClinicaDL's file name); with --statistics its mean |map| and standard
-    deviation; with --group_by the same per subset, named after it. ClinicaDL divides every element's sum by
-    sessions x elements per image instead of its count (`--compat clinicadl` reproduces it for the mean)."""
-    config, mode = plan.config, plan.maps.mode
-    if partial.sums is None:
-        raise MapsInterpretError(f"no map was computed for {folder}")
-    statistics = {"mean": (partial.clinicadl_means(len(data_pass.sessions), len(data_pass.element_ids))
-                           if config.compat == "clinicadl" else partial.means())}
-    if config.compat == "clinicadl" and config.group_by:
-        statistics["mean"].update({k: v for k, v in partial.means().items() if k >= SUBSET_STRIDE})
-    if config.statistics:
-        statistics.update(absmean=partial.absmeans(), std=partial.stds())
-        single = [key for key, count in zip(partial.ids, partial.counts) if count == 1]
-        if single:
-            log.warning("%s: %d element(s) or subset(s) hold a single map: their standard deviation is written as "
-                        "0", folder.name, len(single))
-    counts = dict(zip(partial.ids, partial.counts))
-    listing = []
-    for name, maps in statistics.items():
-        for key, value in maps.items():
-            subset, element = split_key(key)
-            label = "" if subset is None else f"{config.group_by}-{_subset_name(data_pass, subset)}_"
-            stem = f"{name}_{label}{mode}-{element}_map"
-            writers.save_map(value.cpu(), folder / stem, config.save_nifti)
-            listing.append({"file": f"{stem}.pt", "statistic": name, "subset": label[:-1] or "all",
-                            f"{mode}_id": element, "n_maps": counts[key]})
-    if config.statistics or config.group_by:  # how many maps each file summarises (a subset may be small)
-        writers.write_tsv(folder / "statistics.tsv", ["file", "statistic", "subset", f"{mode}_id", "n_maps"],
-                          listing)
-    if config.group_by:  # which map went into which subset (predicted and correct are known only now)
-        writers.write_tsv(folder / "subsets.tsv", ["participant_id", "session_id", f"{mode}_id", config.group_by],
-                          [{"participant_id": p, "session_id": s, f"{mode}_id": e,
-                            config.group_by: _subset_name(data_pass, g)} for p, s, e, g in partial.members])
-
-
-def _subset_name(data_pass: DataPass, index: int) -> str:
-    return data_pass.subsets[index] if index < len(data_pass.subsets) else str(index)
-
-
 def _merge_parts(plan: Plan, summary: RunSummary) -> None:
     """--merge_parts: the finished parts' partial sums added in part order, their individual maps linked
     into the final folders (the parts stay intact until everything is in place), then the data group and
@@ -444,10 +407,11 @@ def _merge_parts(plan: Plan, summary: RunSummary) -> None:
             for job_index, job in enumerate(data_pass.jobs):
                 folder = staging.job_dir(index, job_index)
                 partial = merge_all(partials[job_index] for partials in per_part)
-                _write_means(plan, data_pass, partial, folder)
+                results.write_means(plan, data_pass, partial, folder)
                 for run_dir, _ in parts:
                     for path in sorted((run_dir / f"pass-{index}-job-{job_index}").glob("*")):
                         os.link(path, folder / path.name)
+                results.write_individual_image_space(plan, data_pass, folder)
                 writers.write_json(folder / provenance.FILE, provenance.provenance(
                     plan, data_pass, job, folder, time.perf_counter() - started, 1))
             summary.sessions += len(data_pass.sessions)

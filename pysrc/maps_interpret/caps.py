@@ -55,8 +55,14 @@ def _find(folder: Path, pattern: str) -> list[Path]:
 
 
 def image_tensor_path(caps: Path, participant: str, session: str, prep: dict) -> Path:
-    """The `.pt` tensor of one session: next to the NIfTI found by the MAPS' file pattern in
-    deeplearning_prepare_data/image_based/, or, without NIfTI, the `.pt` matching the same pattern."""
+    """The `.pt` tensor of one session (see `session_files`)."""
+    return session_files(caps, participant, session, prep)[0]
+
+
+def session_files(caps: Path, participant: str, session: str, prep: dict) -> tuple[Path, Optional[Path]]:
+    """The `.pt` tensor of one session and the NIfTI image it was made from (None without one): the tensor
+    is next to the NIfTI found by the MAPS' file pattern, in deeplearning_prepare_data/image_based/, or,
+    without NIfTI, the `.pt` matching the same pattern. The NIfTI gives the maps their space (space.py)."""
     try:
         pattern = prep["file_type"]["pattern"]
     except (KeyError, TypeError):
@@ -74,11 +80,11 @@ def image_tensor_path(caps: Path, participant: str, session: str, prep: dict) ->
         if not path.is_file():
             raise MapsInterpretError(f"{path} does not exist: extract the tensors with `clinicadl prepare-data "
                                      f"image {caps} {prep.get('preprocessing')}`")
-        return path
+        return path, niftis[0]
     tensor_pattern = pattern.replace(".nii.gz", ".pt")
     tensors = _find(session_dir, tensor_pattern)
     if len(tensors) == 1:
-        return tensors[0]
+        return tensors[0], None
     if len(tensors) > 1:
         raise MapsInterpretError(f"{session_dir}: {len(tensors)} tensors match {tensor_pattern} "
                                  f"({', '.join(p.name for p in tensors[:3])}); keep one")
@@ -93,6 +99,7 @@ class Session:
     tensor_path: Path  # the session's image tensor (element files, if any, are named after it)
     label: Optional[str] = None  # its value in the group's label column (maps.json `label`), when asked for
     group: Optional[str] = None  # its value in the --group_by column, when asked for
+    source_image: Optional[Path] = None  # the NIfTI the tensor was made from, if the CAPS still has it
 
 
 def find_sessions(caps: dict[str, Path], rows: Sequence[dict], prep: dict,
@@ -108,9 +115,10 @@ def find_sessions(caps: dict[str, Path], rows: Sequence[dict], prep: dict,
         if cohort not in caps:
             raise MapsInterpretError(f"{row['participant_id']} {row['session_id']} belongs to cohort {cohort!r}, "
                                      f"which the group's CAPS list does not name ({', '.join(sorted(caps))})")
-        path = image_tensor_path(caps[cohort], row["participant_id"], row["session_id"], prep)
+        path, nifti = session_files(caps[cohort], row["participant_id"], row["session_id"], prep)
         sessions.append(Session(row["participant_id"], row["session_id"], path,
-                                None if label is None else row.get(label), None if group is None else row.get(group)))
+                                None if label is None else row.get(label), None if group is None else row.get(group),
+                                nifti))
     return sessions
 
 

@@ -5,7 +5,8 @@ the slice index in the volume (discarded slices included), the index in `roi_lis
 Every layout gives `element_ids(image_shape)`, `extract(image, element_id)` (one element, ClinicaDL's way: the
 reference) and `cut(images)` (every element of a stack of images at once, on the images' device, the same
 values); with `prepare_dl`, `element_file(image_tensor_path, element_id)` names the pre-extracted tensor to
-read instead.
+read instead. `region(element_id, image_shape)` says which voxels of the image an element covers (space.py
+puts maps back there).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ class ImageLayout:
     def element_file(self, image_path: Path, element: int) -> Path:
         raise AssertionError("image mode reads the image tensor itself")
 
+    def region(self, element: int, image_shape: Sequence[int]) -> tuple[slice, ...]:
+        return tuple(slice(0, s) for s in image_shape[1:])
+
 
 @dataclass(frozen=True)
 class PatchLayout:
@@ -81,6 +85,10 @@ class PatchLayout:
         s, t = self.size, self.stride
         grid = images.unfold(2, s, t).unfold(3, s, t).unfold(4, s, t)  # (N, C, gd, gh, gw, s, s, s)
         return grid.permute(0, 2, 3, 4, 1, 5, 6, 7).reshape(-1, c, s, s, s)
+
+    def region(self, element: int, image_shape: Sequence[int]) -> tuple[slice, ...]:
+        position = np.unravel_index(element, self.grid(image_shape))
+        return tuple(slice(int(p) * self.stride, int(p) * self.stride + self.size) for p in position)
 
     def element_file(self, image_path: Path, element: int) -> Path:
         prefix, suffix = _split_name(image_path)
@@ -124,6 +132,11 @@ class SliceLayout:
             planes = planes.expand(-1, 3 * planes.shape[1], *planes.shape[2:]) if planes.shape[1] == 1 \
                 else torch.cat((planes, planes, planes), dim=1)
         return planes.contiguous()
+
+    def region(self, element: int, image_shape: Sequence[int]) -> tuple[slice, ...]:
+        """The slice's plane, one voxel thick along the slice direction."""
+        return tuple(slice(element, element + 1) if axis == self.direction else slice(0, s)
+                     for axis, s in enumerate(image_shape[1:]))
 
     def element_file(self, image_path: Path, element: int) -> Path:
         prefix, suffix = _split_name(image_path)
@@ -172,6 +185,28 @@ class RoiLayout:
         parts = [torch.stack([self.extract(image, element) for element in range(len(self.masks))])
                  for image in images]
         return torch.cat(parts) if parts else images.new_empty((0, *images.shape[1:]))
+
+    def region(self, element: int, image_shape: Sequence[int]) -> tuple:
+        """The voxels `extract` keeps: per axis, the indices where the mask is non-zero somewhere (the whole
+        image when uncropped). A slice per axis where they are contiguous (the bounding box; always for a
+        connected region), else the index array (a mask whose projection has gaps)."""
+        mask = self.masks[element]
+        mask = mask if mask.ndim == 3 else mask.reshape(mask.shape[-3:])
+        if self.uncropped:
+            return tuple(slice(0, s) for s in mask.shape)
+        out = []
+        for axis in range(3):
+            kept = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+            contiguous = kept.size and kept[-1] - kept[0] + 1 == kept.size
+            out.append(slice(int(kept[0]), int(kept[-1]) + 1) if contiguous else kept)
+        return tuple(out)
+
+    def weight(self, element: int) -> np.ndarray:
+        """The mask over `region`: the network sees image x mask, so a voxel outside the mask never reaches it."""
+        mask = self.masks[element]
+        mask = mask if mask.ndim == 3 else mask.reshape(mask.shape[-3:])
+        region = self.region(element, (1, *mask.shape))
+        return (mask != 0)[np.ix_(*[np.arange(mask.shape[a])[r] for a, r in enumerate(region)])]
 
     def element_file(self, image_path: Path, element: int) -> Path:
         name = image_path.name

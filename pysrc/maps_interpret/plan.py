@@ -35,6 +35,7 @@ class DataPass:
     element_ids: list[int]
     jobs: list[Job] = field(default_factory=list)
     subsets: list[str] = field(default_factory=list)  # --group_by: each subset's name (file names), by index
+    image_shape: tuple = ()  # (C, D, H, W) of the sessions' image tensors, before elements are cut
 
     @property
     def n_elements(self) -> int:
@@ -104,7 +105,8 @@ def make_plan(config: InterpretConfig) -> Plan:
             layout = layout_for(prep, next(iter(caps.values())))  # roi masks: the group's (first) CAPS
             first = load_tensor(sessions[0].tensor_path, mmap=True)  # ClinicaDL counts elements on it
             passes[key] = DataPass(caps, sessions, layout, layout.element_ids(tuple(first.shape)),
-                                   subsets=subset_names(maps, config, sessions, definition))
+                                   subsets=subset_names(maps, config, sessions, definition),
+                                   image_shape=tuple(first.shape))
         passes[key].jobs.append(Job(split, metric, model_file(maps, split, metric), output_dir))
     return Plan(config=config, maps=maps, device=device, group=group, passes=list(passes.values()))
 

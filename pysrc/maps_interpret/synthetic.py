@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from .models.conv import conv5_fc3
@@ -58,12 +59,35 @@ def tensor_path(caps: Path, participant: str, session: str) -> Path:
             / f"{participant}_{session}_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.pt")
 
 
-def write_caps(caps: Path, sessions: Sequence[SessionSpec], shape: Sequence[int], seed: int) -> None:
+def source_affine(shape: Sequence[int]) -> np.ndarray:
+    """A t1-linear-like voxel-to-world affine (1 mm voxels, x flipped: radiological storage, the origin near
+    the centre), so that maps put in the image's space are visibly not in voxel coordinates."""
+    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
+    affine[:3, 3] = [(shape[0] - 1) / 2, -(shape[1] - 1) / 2 - 0.5, -(shape[2] - 1) / 2 + 0.25]
+    return affine
+
+
+def nifti_path(caps: Path, participant: str, session: str) -> Path:
+    return (caps / "subjects" / participant / session / "t1_linear"
+            / f"{participant}_{session}_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz")
+
+
+def write_caps(caps: Path, sessions: Sequence[SessionSpec], shape: Sequence[int], seed: int,
+               nifti: bool = False) -> None:
+    """Each session's image tensor as prepare-data writes it; with `nifti`, also the t1-linear NIfTI image it
+    would have been made from (same voxels, `source_affine`)."""
     generator = torch.Generator().manual_seed(seed)
     for spec in sessions:
         path = tensor_path(caps, spec.participant_id, spec.session_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(prepare_data_layout(make_image(shape, spec.diagnosis, generator)), path)
+        image = make_image(shape, spec.diagnosis, generator)
+        torch.save(prepare_data_layout(image), path)
+        if nifti:
+            import nibabel as nib
+
+            source = nifti_path(caps, spec.participant_id, spec.session_id)
+            source.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(image[0].numpy(), source_affine(shape)), source)
     (caps / "tensor_extraction").mkdir(parents=True, exist_ok=True)
     (caps / "tensor_extraction" / "extract_image.json").write_text(json.dumps(
         {"preprocessing": "t1-linear", "mode": "image", "use_uncropped_image": False, "prepare_dl": False,
@@ -198,18 +222,19 @@ def write_element_files(caps: Path, sessions_: Sequence[SessionSpec], prep: dict
 def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 16, n_test: int = 6,
                seconds: float = 3.0, seed: int = 0, trained: bool = True, preprocessing: Optional[dict] = None,
                input_size: Optional[Sequence[int]] = None,
-               regions: Optional[dict[str, tuple[slice, ...]]] = None) -> dict[str, Path]:
+               regions: Optional[dict[str, tuple[slice, ...]]] = None, nifti: bool = True) -> dict[str, Path]:
     """DIR/data/caps (all subjects), DIR/data/test.tsv, DIR/maps (2-fold, both splits trained).
 
     Other modes: `preprocessing` (a maps.json preprocessing_dict) and the network's `input_size` (one
     element); ROI `regions` become masks; `prepare_dl` writes element files. Only image mode trains.
+    `nifti`: the CAPS also holds the source NIfTI images (maps are then written in their space).
     """
     root = Path(root)
     data, maps = root / "data", root / "maps"
     caps = data / "caps"
     train_sessions = sessions("TR", n_train, extra_sessions=2)
     test_sessions = sessions("TE", n_test, extra_sessions=1)
-    write_caps(caps, train_sessions + test_sessions, shape, seed)
+    write_caps(caps, train_sessions + test_sessions, shape, seed, nifti)
     write_tsv(data / "labels.tsv", train_sessions)
     write_tsv(data / "test.tsv", test_sessions)
     if regions:

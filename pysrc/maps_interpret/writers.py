@@ -72,14 +72,22 @@ def save_state(state, path: Path) -> None:
         raise
 
 
-def save_nifti(volume, path: Path, affine=None) -> None:
-    """A float32 NIfTI-1 file (gzip when the name ends in .gz) of `volume` (a numpy array)."""
+def save_nifti(volume, path: Path, affine=None, header=None) -> None:
+    """A float32 NIfTI-1 file (gzip when the name ends in .gz) of `volume` (a numpy array), with `affine` as
+    both its sform and qform (identity by default) and the rest of `header` (a source image's) if given."""
     import nibabel as nib
     import numpy as np
 
     path = Path(path)
-    image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32),
-                            np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64))
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    header = header.copy() if header is not None else None
+    image = nib.Nifti1Image(np.asarray(volume, dtype=np.float32), affine, header)
+    image.set_data_dtype(np.float32)
+    image.header.set_slope_inter(1.0, 0.0)  # a source's scaling would rescale the map's values
+    image.header["cal_min"] = image.header["cal_max"] = 0  # nor its display window clip them
+    if header is not None:  # keep the source's codes (e.g. MNI-152 space) for the new affine
+        image.set_sform(affine, int(header["sform_code"]) or 2)
+        image.set_qform(affine, int(header["qform_code"]) or 1)
     suffix = ".nii.gz" if path.name.endswith(".gz") else ".nii"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
@@ -91,21 +99,26 @@ def save_nifti(volume, path: Path, affine=None) -> None:
         raise
 
 
+def save_map(map_, stem: Path, nifti: bool, placement=None) -> None:
+    """A map as `<stem>.pt` and, with `nifti`, `<stem>.nii.gz`: in its source image's space with the
+    `placement` (space.Placement), else the layout ClinicaDL users know with an identity affine."""
+    stem = Path(stem)
+    save_tensor(map_, stem.with_name(stem.name + ".pt"))
+    if nifti:
+        if placement is None:
+            volume, affine, header = nifti_array(map_).numpy(), None, None
+        else:
+            (volume, affine), header = placement.nifti(map_), placement.source.header
+        save_nifti(volume, stem.with_name(stem.name + ".nii.gz"), affine, header)
+
+
 def nifti_array(map_):
-    """A map (C, *spatial) as NIfTI data: the spatial axes first; several channels (rgb slices) go to the
-    4th axis, after a singleton z for 2D maps."""
+    """A map (C, *spatial) as NIfTI data without a placement: the spatial axes first; several channels (rgb
+    slices) go to the 4th axis, after a singleton z for 2D maps."""
     if map_.shape[0] == 1:
         return map_[0]
     channels_last = map_.movedim(0, -1)
     return channels_last.unsqueeze(2) if map_.dim() == 3 else channels_last
-
-
-def save_map(map_, stem: Path, nifti: bool) -> None:
-    """A map as `<stem>.pt` and, with `nifti`, `<stem>.nii.gz` (the NIfTI layout is decided here, by the writers)."""
-    stem = Path(stem)
-    save_tensor(map_, stem.with_name(stem.name + ".pt"))
-    if nifti:
-        save_nifti(nifti_array(map_).numpy(), stem.with_name(stem.name + ".nii.gz"))
 
 
 def remove_tree(path: Path) -> None:

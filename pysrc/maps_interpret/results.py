@@ -1,0 +1,140 @@
+"""What a finished pass writes into each interpret-<NAME> folder besides the individual maps: the mean map
+of every element (ClinicaDL's files), the statistics and subsets asked for, and the maps of patch, slice and
+ROI elements put back into the image grid (space.py), each in the space of its source image."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import space, writers
+from .errors import MapsInterpretError
+from .partials import SUBSET_STRIDE, Partial, split_key
+from .transforms import Preprocess
+
+log = logging.getLogger("maps_interpret")
+
+
+def reduction(plan) -> Optional[int]:
+    return Preprocess.from_params(plan.maps.params).size_reduction_factor
+
+
+def image_space(plan) -> bool:
+    """Whether element maps are also put back into the image grid: patch, slice and roi modes."""
+    return plan.maps.mode != "image" and space.supported(plan.passes[0].layout, reduction(plan))
+
+
+def check_sources(plan) -> None:
+    """--save_nifti: say once which sessions have no source NIfTI (their maps get an identity affine), and
+    whether the group's images share one space (its mean maps are written in the first one's)."""
+    if not plan.config.save_nifti:
+        return
+    for data_pass in plan.passes:
+        if not space.supported(data_pass.layout, reduction(plan)):
+            log.warning("size reduction of %s elements: their NIfTI maps keep ClinicaDL's layout and an identity "
+                        "affine (no image grid to place them in)", plan.maps.mode)
+            return
+        missing = [s for s in data_pass.sessions if s.source_image is None]
+        if missing:
+            log.warning("%d of %d session(s) have no NIfTI image beside their tensor (e.g. %s %s): their NIfTI maps "
+                        "are in image voxel coordinates (identity affine), not in the image's space",
+                        len(missing), len(data_pass.sessions), missing[0].participant_id, missing[0].session_id)
+        reference = group_reference(data_pass)
+        others = [s for s in data_pass.sessions if s.source_image is not None
+                  and not space.same_space(space.reference(s.source_image), reference)]
+        if others:
+            log.warning("%d session(s) (e.g. %s %s) have another affine than %s: the group's mean maps are written in "
+                        "the space of the latter", len(others), others[0].participant_id, others[0].session_id,
+                        reference.path)
+
+
+def group_reference(data_pass) -> space.Reference:
+    """The space of a group's mean maps: its first session's source image (identity without one)."""
+    first = next((s.source_image for s in data_pass.sessions if s.source_image is not None), None)
+    return space.reference(first)
+
+
+def placement(plan, data_pass, element: Optional[int], source: space.Reference) -> Optional[space.Placement]:
+    if not space.supported(data_pass.layout, reduction(plan)):
+        return None
+    return space.Placement(data_pass.layout, element, data_pass.image_shape, reduction(plan), source)
+
+
+def write_means(plan, data_pass, partial: Partial, folder: Path) -> None:
+    """Each element's mean map (ClinicaDL's file name); with --statistics its mean |map| and standard
+    deviation; with --group_by the same per subset, named after it; in patch/slice/roi mode each of these
+    also as one image-space map. ClinicaDL divides every element's sum by sessions x elements per image
+    instead of its count (`--compat clinicadl` reproduces it for the mean)."""
+    config, mode = plan.config, plan.maps.mode
+    if partial.sums is None:
+        raise MapsInterpretError(f"no map was computed for {folder}")
+    statistics = {"mean": (partial.clinicadl_means(len(data_pass.sessions), len(data_pass.element_ids))
+                           if config.compat == "clinicadl" else partial.means())}
+    if config.compat == "clinicadl" and config.group_by:
+        statistics["mean"].update({k: v for k, v in partial.means().items() if k >= SUBSET_STRIDE})
+    if config.statistics:
+        statistics.update(absmean=partial.absmeans(), std=partial.stds())
+        single = [key for key, count in zip(partial.ids, partial.counts) if count == 1]
+        if single:
+            log.warning("%s: %d element(s) or subset(s) hold a single map: their standard deviation is written as "
+                        "0", folder.name, len(single))
+    counts = dict(zip(partial.ids, partial.counts))
+    source = group_reference(data_pass) if config.save_nifti else None
+    listing = []
+    for name, maps in statistics.items():
+        by_label: dict[str, dict[int, torch.Tensor]] = {}
+        for key, value in maps.items():
+            subset, element = split_key(key)
+            label = "" if subset is None else f"{config.group_by}-{subset_name(data_pass, subset)}_"
+            stem = f"{name}_{label}{mode}-{element}_map"
+            value = value.cpu()
+            writers.save_map(value, folder / stem, config.save_nifti,
+                             placement(plan, data_pass, element, source) if source else None)
+            listing.append({"file": f"{stem}.pt", "statistic": name, "subset": label[:-1] or "all",
+                            f"{mode}_id": element, "n_maps": counts[key]})
+            by_label.setdefault(label, {})[element] = value
+        if image_space(plan):
+            for label, elements in by_label.items():
+                writers.save_map(space.to_image(data_pass.layout, elements, data_pass.image_shape),
+                                 folder / f"{name}_{label}{space.IMAGE_SPACE}_map", config.save_nifti,
+                                 placement(plan, data_pass, None, source) if source else None)
+    if config.statistics or config.group_by:  # how many maps each file summarises (a subset may be small)
+        writers.write_tsv(folder / "statistics.tsv", ["file", "statistic", "subset", f"{mode}_id", "n_maps"],
+                          listing)
+    if config.group_by:  # which map went into which subset (predicted and correct are known only now)
+        writers.write_tsv(folder / "subsets.tsv", ["participant_id", "session_id", f"{mode}_id", config.group_by],
+                          [{"participant_id": p, "session_id": s, f"{mode}_id": e,
+                            config.group_by: subset_name(data_pass, g)} for p, s, e, g in partial.members])
+
+
+def subset_name(data_pass, index: int) -> str:
+    return data_pass.subsets[index] if index < len(data_pass.subsets) else str(index)
+
+
+def individual_stem(session, mode: str, element) -> str:
+    return f"{session.participant_id}_{session.session_id}_{mode}-{element}_map"
+
+
+def save_individual(plan, data_pass, session, element: int, map_: torch.Tensor, folder: Path) -> None:
+    """One session's element map (on the background writer: its source image header is read there)."""
+    source = space.reference(session.source_image) if plan.config.save_nifti else None
+    writers.save_map(map_, folder / individual_stem(session, plan.maps.mode, element), plan.config.save_nifti,
+                     placement(plan, data_pass, element, source) if source else None)
+
+
+def write_individual_image_space(plan, data_pass, folder: Path) -> None:
+    """--save_individual in patch/slice/roi mode: each session's element maps, read back from `folder` (where
+    this run, an interrupted one or the parts wrote them), as one map of its image grid."""
+    if not (plan.config.save_individual and image_space(plan)):
+        return
+    mode = plan.maps.mode
+    for session in data_pass.sessions:
+        elements = {element: torch.load(folder / f"{individual_stem(session, mode, element)}.pt", weights_only=True)
+                    for element in data_pass.element_ids}
+        source = space.reference(session.source_image) if plan.config.save_nifti else None
+        writers.save_map(space.to_image(data_pass.layout, elements, data_pass.image_shape),
+                         folder / f"{session.participant_id}_{session.session_id}_{space.IMAGE_SPACE}_map",
+                         plan.config.save_nifti, placement(plan, data_pass, None, source) if source else None)
