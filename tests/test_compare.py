@@ -199,12 +199,20 @@ def test_output_option_and_stdout(tmp_path, capsys):
     assert not (maps / "compare").exists()
 
 
+def test_an_output_overlapping_the_compared_maps_is_refused(tmp_path, capsys):
+    maps = write_tree(tmp_path, {(k, "loss"): {0: volume(k)} for k in range(2)})
+    folder = maps / "split-0" / "best-loss" / GROUP / f"interpret-{NAME}"
+    for output in (folder, maps, folder / "inside"):
+        assert "would overlap the compared folder" in error_of(capsys, maps, "--output", output, "-o")
+    assert sorted(p.name for p in folder.iterdir()) == ["mean_image-0_map.pt"]
+
+
 def test_a_failed_run_leaves_nothing(tmp_path, capsys):
     maps = write_tree(tmp_path, {(k, "loss"): {0: volume(k), 1: volume(k + 5)} for k in range(2)}, mode="roi")
     (maps / "split-1" / "best-loss" / GROUP / f"interpret-{NAME}" / "mean_roi-1_map.pt").write_bytes(b"not a map")
-    assert "cannot read" in error_of(capsys, maps)
-    assert not (maps / "compare" / GROUP / f"interpret-{NAME}").exists() or \
-        not any((maps / "compare" / GROUP / f"interpret-{NAME}").iterdir())
+    message = error_of(capsys, maps)
+    assert "cannot read" in message and "split-1/best-loss/test/interpret-grads/mean_roi-1_map.pt" in message
+    assert list((maps / "compare" / GROUP / f"interpret-{NAME}").iterdir()) == []  # no staging folder either
 
 
 # -- errors ---------------------------------------------------------------------------------------------------------

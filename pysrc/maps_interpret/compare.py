@@ -307,16 +307,12 @@ def default_output(maps, config: CompareConfig) -> Path:
     return maps.path / COMPARE_DIRNAME / config.data_group / f"interpret-{config.name}" / config.statistic
 
 
-def write_across_splits(folder: Path, metric: str, element: int, mode: str, mean, std) -> list[str]:
+def write_across_splits(folder: Path, metric: str, element: int, mode: str, mean, std) -> None:
     from .writers import save_tensor
 
-    written = []
     for kind, value in (("mean", mean), ("std", std)):
         if value is not None:
-            name = f"across_splits_{kind}_{metric}_{mode}-{element}_map.pt"
-            save_tensor(value, folder / name)
-            written.append(name)
-    return written
+            save_tensor(value, folder / f"across_splits_{kind}_{metric}_{mode}-{element}_map.pt")
 
 
 def write_tables(folder: Path, mode: str, top_k: list[float], rows: list[dict], summary: list[dict]) -> None:
@@ -411,22 +407,38 @@ def describe(config: CompareConfig, maps, sources: list[Source], element_ids: li
     }
 
 
-def warn_mixed_methods(sources: list[Source]) -> None:
-    methods = {}
+def check_provenance(sources: list[Source]) -> None:
+    """Warnings that change how the numbers read: folders made by different methods, and folders of the same
+    model file (a checkpoint best for two metrics), whose agreement is 1 by construction."""
+    methods, models = {}, {}
     for source in sources:
         record = read_provenance(source) or {}
         method = (record.get("method") or {}).get("name")
         if method is not None:
             methods.setdefault(method, source.label)
+        digest = (record.get("model") or {}).get("sha256")
+        if digest is not None:
+            models.setdefault(digest, []).append(source.label)
     if len(methods) > 1:
         log.warning("the folders were made by different methods (%s): their agreement mixes methods and models",
                     ", ".join(f"{m} in {label}" for m, label in methods.items()))
+    for labels in models.values():
+        if len(labels) > 1:
+            log.info("%s hold maps of the same model file (same sha256): they agree by construction",
+                     " and ".join(labels))
 
 
 # -- the command ----------------------------------------------------------------------------------------------------
 
-def plan_output(maps, config: CompareConfig) -> Path:
+def plan_output(maps, config: CompareConfig, sources: list[Source]) -> Path:
     output = config.output or default_output(maps, config)
+    # -o replaces the output folder whole: it must never be, hold or lie inside the maps being compared.
+    resolved = output.resolve()
+    for source in sources:
+        folder = source.folder.resolve()
+        if resolved == folder or resolved in folder.parents or folder in resolved.parents:
+            raise MapsInterpretError(f"--output {output} would overlap the compared folder {source.folder}: choose "
+                                     "a folder outside the split-<k>/best-<metric>/ trees")
     if output.exists() and not config.overwrite:
         raise MapsInterpretError(f"{output} exists: add -o/--overwrite to replace it, or choose another --output")
     if output.exists() and not output.is_dir():
@@ -435,8 +447,9 @@ def plan_output(maps, config: CompareConfig) -> Path:
 
 
 def run(config: CompareConfig) -> CompareSummary:
-    """Compares the maps of interpret-<NAME> between the models; returns what was written where. Every check
-    runs before anything is written."""
+    """Compares the maps of interpret-<NAME> between the models; returns what was written where. Folders, element
+    ids and the output are checked before anything is written; maps are read one element at a time (memory), so
+    one that cannot be read or differs in shape stops the run later, with nothing published."""
     validate(config)
     maps = open_maps(config.input_maps_directory)
     sources = find_sources(maps, config)
@@ -451,8 +464,8 @@ def run(config: CompareConfig) -> CompareSummary:
     if figure_element not in element_ids:
         raise MapsInterpretError(f"--figure_element {figure_element}: the maps have {mode}_id "
                                  f"{', '.join(map(str, element_ids))}; choose one of them")
-    output = plan_output(maps, config)
-    warn_mixed_methods(sources)
+    output = plan_output(maps, config, sources)
+    check_provenance(sources)
     log.info("comparing %d folders (%s), %d element(s) each", len(sources), ", ".join(s.label for s in sources),
              len(element_ids))
     output.parent.mkdir(parents=True, exist_ok=True)
