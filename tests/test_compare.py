@@ -108,6 +108,22 @@ def test_chosen_top_k_and_values_equal_similarity_functions(tmp_path):
     assert row["dice_top2.5"] == pytest.approx(top_dice(a, b, 0.025), abs=1e-6)
 
 
+def test_the_api_gives_exactly_the_similarity_functions_values_even_with_ties(tmp_path):
+    """compare ranks and thresholds each map once (not once per pair): the values must stay those of
+    similarity.py, ties (many in gradient maps: zeros, dead ReLUs) included."""
+    generator = torch.Generator().manual_seed(7)
+    maps_ = [torch.randint(-2, 3, (1, 9, 8, 7), generator=generator).float() for _ in range(3)]
+    maps = write_tree(tmp_path, {(k, "loss"): {0: m} for k, m in enumerate(maps_)})
+    summary = run(CompareConfig(input_maps_directory=maps, data_group=GROUP, name=NAME, top_k=[1, 5, 10, 33]))
+    assert summary.n_pairs == 3 and summary.element_ids == [0]
+    for row in summary.rows:
+        a, b = maps_[row["split_a"]], maps_[row["split_b"]]
+        assert row["pearson"] == pearson(a, b)
+        assert row["spearman"] == spearman(a, b)
+        for k in (1, 5, 10, 33):
+            assert row[f"dice_top{k}"] == top_dice(a, b, k / 100), k
+
+
 def test_across_split_mean_and_std_are_those_of_the_stacked_maps(tmp_path):
     loss = [volume(10 + k) for k in range(3)]
     accuracy = volume(20)
