@@ -162,6 +162,12 @@ def test_each_element_of_a_patch_mode_maps_has_its_row(tmp_path):
     assert same.spearman[1] == pytest.approx(1.0, abs=1e-6) and same.spearman[0] < 0.9
 
 
+def test_the_figure_element_must_be_one_of_the_maps(tmp_path, capsys):
+    maps = write_tree(tmp_path, {(k, "loss"): {j: volume(10 * k + j) for j in (3, 4)} for k in range(2)}, mode="slice")
+    assert "choose one of them" in error_of(capsys, maps, "--figure_element", "0")
+    assert main([str(maps), GROUP, NAME, "--figure_element", "4"]) == 0
+
+
 def test_subset_and_other_statistics_files_are_left_out_unless_asked(tmp_path):
     a, b = volume(5), volume(6)
     maps = write_tree(tmp_path, {(0, "loss"): {0: a}, (1, "loss"): {0: b}})

@@ -117,7 +117,7 @@ class CompareSummary:
     sources: list[str]
     element_ids: list[int]
     n_pairs: int
-    rows: list[dict[str, str]]
+    rows: list[dict]  # as in agreement.tsv, with numbers unformatted
 
 
 # -- finding the maps ---------------------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ def interpreted(maps, split: int, group: str, name: str) -> dict[str, Path]:
     return found
 
 
-def find_sources(maps, config: CompareConfig) -> list["Source"]:
+def find_sources(maps, config: CompareConfig) -> list[Source]:
     """The folders to compare, ordered by selection metric then split (the figure shows one block per metric)."""
     available = {split: interpreted(maps, split, config.data_group, config.name) for split in maps.splits()}
     available = {split: metrics for split, metrics in available.items() if metrics}
@@ -219,9 +219,10 @@ def load_map(path: Path):
     return value
 
 
-def load_element(sources: list[Source], files: list[dict[int, Path]], element: int) -> list:
+def load_element(files: list[dict[int, Path]], element: int) -> list:
+    """The maps of one element, one per folder, all of one shape."""
     maps_ = [load_map(own[element]) for own in files]
-    for source, own, map_ in zip(sources[1:], files[1:], maps_[1:]):
+    for own, map_ in zip(files[1:], maps_[1:]):
         if map_.shape != maps_[0].shape:
             raise MapsInterpretError(
                 f"{own[element]} has shape {tuple(map_.shape)} but {files[0][element]} has {tuple(maps_[0].shape)}: "
@@ -501,7 +502,7 @@ def _compute(folder: Path, sources, files, element_ids, mode: str, top_k) -> tup
     splits. Returns the rows, ordered by pair then element, and the metrics with a single split."""
     rows = []
     for element in element_ids:
-        maps_ = load_element(sources, files, element)
+        maps_ = load_element(files, element)
         rows.extend(element_rows(sources, maps_, element, mode, top_k))
         for metric, (mean, std) in across_splits(sources, maps_).items():
             write_across_splits(folder, metric, element, mode, mean, std)
