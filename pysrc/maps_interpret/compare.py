@@ -388,6 +388,8 @@ def read_provenance(source: Source) -> Optional[dict]:
         record = json.loads((source.folder / "interpret.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(record, dict):
+        return None
     return {key: record.get(key) for key in ("method", "model", "tool", "n_sessions") if key in record}
 
 
