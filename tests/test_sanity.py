@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -83,17 +84,32 @@ def test_a_map_that_does_not_depend_on_the_parameters_fails():
     for row in rows:
         assert row["spearman_abs"] == pytest.approx(1.0, abs=1e-6)
         assert row["pearson"] == pytest.approx(1.0, abs=1e-6) and row["dice_top10"] == 1.0
-    result = sanity.verdict(rows)
-    assert result["verdict"] == "fails" and result["failing_elements"] == [0] and result["layers"] == 2
+    result = sanity.verdict(rows, mean_maps(Insensitive()))
+    assert result["verdict"] == "fails" and result["layers"] == 2
+    assert result["elements"] == {"0": {"spearman_abs": 1.0, "verdict": "fails"}}
 
 
 def test_a_cnns_gradient_map_passes():
-    rows = sanity.run_cascade(cnn(), mean_maps, mean_maps(cnn()))
+    trained = mean_maps(cnn())
+    rows = sanity.run_cascade(cnn(), mean_maps, trained)
     last = rows[-1]
     assert last["layers_randomised"] == 13  # 5 conv + 5 batch norm + 3 linear
     assert last["spearman_abs"] < 0.5 * sanity.THRESHOLD, last
     assert rows[0]["spearman_abs"] > last["spearman_abs"]  # the top layer alone changes less than all of them
-    assert sanity.verdict(rows)["verdict"] == "passes"
+    assert sanity.verdict(rows, trained)["verdict"] == "passes"
+
+
+def test_flat_maps_are_undefined_and_a_flattened_map_has_changed():
+    """A trained map the ReLU zeroed (Grad-CAM) cannot be compared; a random network's constant map has changed."""
+    ramp = torch.linspace(-1, 2, 40).reshape(1, 2, 4, 5)
+    flat = torch.zeros_like(ramp)
+    changed = sanity.similarities(ramp, flat)
+    assert math.isnan(changed["spearman_abs"]) and math.isnan(changed["dice_top10"])
+    rows = [{"step": 1, "element": 0, **changed}, {"step": 1, "element": 1, **sanity.similarities(flat, ramp)}]
+    result = sanity.verdict(rows, {0: ramp, 1: flat})
+    assert [entry["verdict"] for entry in result["elements"].values()] == ["passes", "undefined"]
+    assert result["verdict"] == "undefined"
+    assert sanity.verdict(rows[:1], {0: ramp})["verdict"] == "passes"
 
 
 def test_layers_are_listed_from_the_output_down():

@@ -20,8 +20,9 @@ correlation of |map| (Adebayo's measure), Pearson's r of the signed maps, and th
 voxels by magnitude. Cost: one pass over those sessions per layer (one more when they are not the whole group,
 for the trained network's mean over them).
 
-Verdict: an element fails when the Spearman correlation of |map| is still above THRESHOLD once every layer is
-randomised; the check fails when any element does (a warning in the log, `verdict` in sanity_check.json).
+Verdict (`verdict` below): an element fails when the Spearman correlation of |map| is still above THRESHOLD
+once every layer is randomised; the check fails when any element does (a warning in the log, `verdict` in
+sanity_check.json). A flat trained map (a Grad-CAM map the ReLU zeroed) cannot be compared: `undefined`.
 """
 
 from __future__ import annotations
@@ -44,9 +45,9 @@ from .similarity import pearson, spearman, top_dice
 log = logging.getLogger("maps_interpret")
 
 TSV, PNG, SUMMARY = "sanity_check.tsv", "sanity_check.png", "sanity_check.json"
-# Above this rank correlation of |map| with every layer randomised, the map is essentially the trained one.
-# Adebayo et al. call methods whose correlation stays high (guided backprop, ~0.9 and above) insensitive to the
-# model; methods that pass fall far below it (gradients of random CNNs here: ~0.1-0.5, README).
+# Above this rank correlation of |map| with every layer randomised, the random network ranks the voxels almost
+# as the trained one: the map does not depend on what was learned. The paper sets no number; on the demo MAPS
+# gradients fall to 0.10-0.18, input x gradient (which keeps the image's structure) to 0.37-0.46 (README).
 THRESHOLD = 0.9
 TOP_FRACTION = 0.1  # dice_top10
 SEED = 2018  # with each layer's name, the seed of its re-initialisation
@@ -113,9 +114,18 @@ def cascade(model: nn.Module) -> Iterator[tuple[int, str]]:
         yield step, name
 
 
+def _flat(map_: torch.Tensor) -> bool:
+    """|map| is one value everywhere (a Grad-CAM map that the ReLU zeroed, say): it has no top voxels."""
+    magnitude = map_.abs()
+    return bool(magnitude.max() == magnitude.min())
+
+
 def similarities(trained: torch.Tensor, randomised: torch.Tensor) -> dict[str, float]:
+    """NaN where a measure is undefined: the correlations of a constant map, the Dice of a flat one (its top
+    voxels would be picked by position)."""
+    dice = math.nan if _flat(trained) or _flat(randomised) else top_dice(trained, randomised, TOP_FRACTION)
     return {"spearman_abs": spearman(trained.abs(), randomised.abs()), "pearson": pearson(trained, randomised),
-            "dice_top10": top_dice(trained, randomised, TOP_FRACTION)}
+            "dice_top10": dice}
 
 
 def run_cascade(model: nn.Module, mean_maps: MeanMaps, trained: dict[int, torch.Tensor],
@@ -139,15 +149,22 @@ def run_cascade(model: nn.Module, mean_maps: MeanMaps, trained: dict[int, torch.
     return rows
 
 
-def verdict(rows: list[dict], threshold: float = THRESHOLD) -> dict:
-    """Each element's Spearman |map| once every layer is randomised, and whether it fails (NaN: the map of the
-    random network is constant, so it has changed)."""
+def verdict(rows: list[dict], trained: dict[int, torch.Tensor], threshold: float = THRESHOLD) -> dict:
+    """Each element's Spearman |map| once every layer is randomised and its verdict: `fails` above
+    `threshold`; `passes` below it, or when the random network's map is constant (NaN: it has changed);
+    `undefined` when the trained map itself is flat (nothing to compare). The check fails when an element
+    fails, is undefined when none fails but one is undefined, and passes otherwise."""
     last = max(row["step"] for row in rows)
-    elements = {row["element"]: row["spearman_abs"] for row in rows if row["step"] == last}
-    failing = sorted(e for e, value in elements.items() if not math.isnan(value) and value > threshold)
-    return {"verdict": "fails" if failing else "passes", "measure": "spearman_abs", "threshold": threshold,
-            "layers": last, "failing_elements": failing,
-            "spearman_abs_all_randomised": {str(e): _number(v) for e, v in sorted(elements.items())}}
+    values = {row["element"]: row["spearman_abs"] for row in rows if row["step"] == last}
+    elements = {}
+    for element, value in sorted(values.items()):
+        outcome = ("undefined" if _flat(trained[element]) else
+                   "fails" if not math.isnan(value) and value > threshold else "passes")
+        elements[str(element)] = {"spearman_abs": _number(value), "verdict": outcome}
+    outcomes = {entry["verdict"] for entry in elements.values()}
+    overall = next(o for o in ("fails", "undefined", "passes") if o in outcomes)
+    return {"verdict": overall, "measure": "spearman_abs", "threshold": threshold, "layers": last,
+            "elements": elements}
 
 
 def _number(value: float) -> Optional[float]:
@@ -170,6 +187,9 @@ def draw(path: Path, rows: list[dict], title: str, threshold: float = THRESHOLD)
 
     steps = sorted({row["step"] for row in rows})
     names = [next(row["layer"] for row in rows if row["step"] == step) for step in steps]
+    # Layer 0, the trained network compared with itself (1 by definition), shows where the curves start.
+    rows = [{"step": 0, **{m: 1.0 for m in MEASURES}}, *rows]
+    steps, names = [0, *steps], ["trained", *names]
     figure = Figure(figsize=(max(6.0, 0.35 * len(steps) + 2), 4.8), layout="constrained")
     axes = figure.add_subplot()
     for measure in MEASURES:
@@ -183,7 +203,7 @@ def draw(path: Path, rows: list[dict], title: str, threshold: float = THRESHOLD)
     axes.axhline(threshold, color="grey", linestyle="--", linewidth=1, label=f"threshold ({threshold})")
     axes.axhline(0, color="black", linewidth=0.5)
     axes.set_ylim(-1.05, 1.05)
-    axes.set_xticks(steps, [f"{s}: {n}" for s, n in zip(steps, names)], rotation=90, fontsize=7)
+    axes.set_xticks(steps, [f"{s}: {n}" if s else n for s, n in zip(steps, names)], rotation=90, fontsize=7)
     axes.set_xlabel("layers randomised (from the output down)")
     axes.set_ylabel("similarity to the trained model's map")
     axes.set_title(title, fontsize=9)
@@ -215,15 +235,25 @@ def sanity_check(plan, data_pass, job, partial, folder: Path) -> dict:
     write_table(folder / TSV, rows, mode, n)
     draw(folder / PNG, rows, f"Cascading randomisation: {where}, {config.method}, "
                              f"{config.data_group} ({n} session(s))")
-    result = {"n_sessions": n, **verdict(rows)}
+    result = {"n_sessions": n, **verdict(rows, trained)}
     writers.write_json(folder / SUMMARY, result)
+    _report(result, where, config.method, mode)
+    return result
+
+
+def _report(result: dict, where: str, method: str, mode: str) -> None:
+    def which(outcome: str) -> str:
+        return ", ".join(e for e, entry in result["elements"].items() if entry["verdict"] == outcome)
+
     if result["verdict"] == "fails":
         log.warning("%s: the %s map does not depend on the model's parameters: it fails the sanity check "
-                    "(Spearman |map| above %s with every layer randomised, %s %s)", where, config.method, THRESHOLD,
-                    mode, ", ".join(map(str, result["failing_elements"])))
+                    "(Spearman |map| above %s with every layer randomised; %s %s)", where, method, THRESHOLD, mode,
+                    which("fails"))
+    elif result["verdict"] == "undefined":
+        log.warning("%s: the trained model's mean %s map is constant (%s %s): the sanity check cannot compare "
+                    "it; try another --target_node or method", where, method, mode, which("undefined"))
     else:
         log.info("%s: the maps change when the model's parameters are randomised: sanity check passed", where)
-    return result
 
 
 def mean_maps(plan, data_pass, sessions: list, job, model: nn.Module) -> dict[int, torch.Tensor]:
