@@ -22,7 +22,7 @@ from maps_interpret.engine import Engine
 from maps_interpret.errors import MapsInterpretError
 from maps_interpret.models.conv import conv5_fc3
 from maps_interpret.models.export import to_torchscript
-from maps_interpret.synthetic import make_image
+from maps_interpret.synthetic import PATTERN, build_demo, make_image
 
 SHAPE = (1, 12, 14, 10)
 
@@ -161,8 +161,9 @@ def test_refused_for_torchscript_models(demo):
     params = json.loads((maps / "maps.json").read_text())
     params["architecture"] = "MyNet"
     (maps / "maps.json").write_text(json.dumps(params))
+    scripted = torch.jit.script(conv5_fc3(SHAPE, 2, 0.0).eval())
     for split in (0, 1):
-        torch.jit.script(conv5_fc3(SHAPE, 2, 0.0).eval()).save(str(maps / f"split-{split}/best-loss/model.torchscript.pt"))
+        scripted.save(str(maps / f"split-{split}/best-loss/model.torchscript.pt"))
     with pytest.raises(MapsInterpretError, match="TorchScript .* cannot be re-initialised: remove --sanity_check"):
         run(InterpretConfig(input_maps_directory=maps, data_group="train", name="s", gpu=False, n_proc=0,
                             sanity_check=True))
@@ -179,28 +180,50 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_a_run_writes_the_check_into_each_folder(demo):
+def roi_maps(root: Path) -> Path:
+    """A synthetic MAPS of two ROI elements per image (8^3 each), random weights."""
+    preprocessing = {"preprocessing": "t1-linear", "mode": "roi", "use_uncropped_image": False,
+                     "roi_list": ["left", "right"], "uncropped_roi": False, "prepare_dl": False,
+                     "file_type": {"pattern": PATTERN, "description": "t1-linear", "needed_pipeline": "t1-linear"}}
+    regions = {"left": (slice(2, 10), slice(3, 11), slice(4, 12)), "right": (slice(9, 17), slice(10, 18), slice(5, 13))}
+    build_demo(root, shape=(20, 22, 18), n_train=4, n_test=3, trained=False, preprocessing=preprocessing,
+               input_size=(1, 8, 8, 8), regions=regions)
+    return root / "maps"
+
+
+def test_a_run_writes_the_check_into_each_folder(tmp_path, monkeypatch):
     import matplotlib.image
 
-    maps = demo / "maps"
+    maps = roi_maps(tmp_path / "demo")
+    monkeypatch.chdir(tmp_path / "demo")
     weights = {split: sha256(maps / f"split-{split}/best-loss/model.pth.tar") for split in (0, 1)}
-    common = dict(input_maps_directory=maps, data_group="test", gpu=False, n_proc=0, sanity_check=True)
-    summary = run(InterpretConfig(name="few", sanity_sessions=2, participants_tsv=Path("data/test.tsv"),
-                                  caps_directory=Path("data/caps"), **common))
+    summary = run(InterpretConfig(input_maps_directory=maps, data_group="test", name="few", gpu=False, n_proc=0,
+                                  sanity_check=True, sanity_sessions=1, participants_tsv=Path("data/test.tsv"),
+                                  caps_directory=Path("data/caps")))
     assert len(summary.outputs) == 2
     for split, folder in enumerate(summary.outputs):
         rows = read_tsv(folder / sanity.TSV)
-        assert list(rows[0]) == ["step", "layer", "layers_randomised", "image_id", "n_sessions", *sanity.MEASURES]
-        assert [int(row["layers_randomised"]) for row in rows] == list(range(1, 14))  # one element: one row a step
-        assert {row["n_sessions"] for row in rows} == {"2"}
-        assert all(-1 <= float(row["pearson"]) <= 1 for row in rows if row["pearson"] != "nan")
-        summary_ = json.loads((folder / sanity.SUMMARY).read_text())
-        assert summary_["n_sessions"] == 2 and summary_["verdict"] in ("passes", "fails")
+        assert list(rows[0]) == ["step", "layer", "layers_randomised", "roi_id", "n_sessions", *sanity.MEASURES]
+        # one row per (step, element): 13 layers of Conv5_FC3, 2 ROIs
+        assert [(row["layers_randomised"], row["roi_id"]) for row in rows] == [
+            (str(step), str(roi)) for step in range(1, 14) for roi in (0, 1)]
+        assert {row["n_sessions"] for row in rows} == {"1"}  # --sanity_sessions 1 of the group's 4
+        assert all(-1 <= float(row["pearson"]) <= 1 for row in rows)
+        result = json.loads((folder / sanity.SUMMARY).read_text())
+        assert result["n_sessions"] == 1 and result["verdict"] == "passes" and set(result["elements"]) == {"0", "1"}
         picture = matplotlib.image.imread(folder / sanity.PNG)
         assert picture.ndim == 3 and picture[..., :3].var() > 0
         record = json.loads((folder / "interpret.json").read_text())
         assert {sanity.TSV, sanity.PNG, sanity.SUMMARY} <= set(record["outputs"])
         assert sha256(maps / f"split-{split}/best-loss/model.pth.tar") == weights[split]  # trained weights untouched
-    everyone = run(InterpretConfig(name="all", sanity_sessions=0, **common))
+
+
+def test_every_session_by_default(demo):
+    """--sanity_sessions 0: the whole group, compared with the run's own means."""
+    summary = run(InterpretConfig(input_maps_directory=Path("maps"), data_group="test", name="all", gpu=False,
+                                  n_proc=0, batch_size=4, sanity_check=True, participants_tsv=Path("data/test.tsv"),
+                                  caps_directory=Path("data/caps"), selection_metrics=["accuracy"]))
     sessions = len((demo / "data/test.tsv").read_text().splitlines()) - 1
-    assert sessions > 2 and {row["n_sessions"] for row in read_tsv(everyone.outputs[0] / sanity.TSV)} == {str(sessions)}
+    rows = read_tsv(summary.outputs[0] / sanity.TSV)
+    assert len(rows) == 13 and {row["n_sessions"] for row in rows} == {str(sessions)}
+    assert json.loads((summary.outputs[0] / "interpret.json").read_text())["n_sessions"] == sessions
