@@ -151,6 +151,7 @@ def _publish(plan: Plan, index: int, data_pass: DataPass, staging: writers.Stagi
             folder = staging.job_dir(index, job_index)
             results.write_means(plan, data_pass, partial, folder)
             results.write_individual_image_space(plan, data_pass, folder)
+            _sanity_check(plan, data_pass, job, partial, folder)
             writers.write_json(folder / provenance.FILE, provenance.provenance(
                 plan, data_pass, job, folder, seconds, ranks, summary.resumed_elements))
         if not committed[0]:  # the group exists in the MAPS from the first finished results on
@@ -236,13 +237,44 @@ def _compute_pass(plan: Plan, index: int, data_pass: DataPass, staging: writers.
 
 def _export(plan: Plan, job) -> torch.jit.ScriptModule:
     from .models import load_model
+
+    return export_model(plan, load_model(plan.maps, job.model_path))
+
+
+def export_model(plan: Plan, model) -> torch.jit.ScriptModule:
+    """`model` as the engine of this run's method takes it (the sanity check exports randomised copies too)."""
     from .models.export import to_torchscript, to_torchscript_cam
     from .models.fast import fuse_blocks
 
-    model = load_model(plan.maps, job.model_path)
     if plan.config.method == "grad-cam":  # the cut counts the original modules: no rewriting
         return to_torchscript_cam(model, plan.config.level_grad_cam)
     return model if isinstance(model, torch.jit.ScriptModule) else to_torchscript(fuse_blocks(model))
+
+
+def make_engine(plan: Plan, scripted: torch.jit.ScriptModule, element_ids, summaries: bool = True):
+    """An engine with the run's method and options; `summaries`: with --statistics and --group_by too (the
+    sanity check needs the means only)."""
+    from .engine import Engine
+
+    config = plan.config
+    return Engine(scripted, device=plan.device, method=config.method,
+                  target=config.target_node if isinstance(config.target_node, int) else 0,
+                  target_mode=TARGET_MODES.get(config.target_node, "node"),
+                  amp=_amp_dtype() if config.amp else None,
+                  cam_variant="clinicadl" if config.compat == "clinicadl" else "published",
+                  deterministic=config.deterministic, element_ids=element_ids,
+                  n_samples=config.n_samples, noise_level=config.noise_level, n_steps=config.n_steps,
+                  baseline=config.baseline, chunk=config.chunk_size, seed=config.seed, abs=config.abs,
+                  statistics=config.statistics and summaries,
+                  group_by=GROUP_BY.get(config.group_by, "given") if summaries else "none")
+
+
+def sample_inputs(config: InterpretConfig, label_code, owners, element_ids) -> tuple[Optional[list], Optional[list]]:
+    """Per sample of a batch: its target node (--target_node label) and its seed (smoothgrad), else None."""
+    targets = [label_code[s.label] for s in owners] if config.target_node == "label" else None
+    seeds = ([sample_seed(s, e) for s, e in zip(owners, element_ids)]
+             if config.method == "smoothgrad" else None)
+    return targets, seeds
 
 
 TARGET_MODES = {"label": "given", "predicted": "predicted"}  # --target_node -> the engine's target mode
@@ -269,7 +301,7 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
                positions: range) -> list[Partial]:
     """The maps of the elements at `positions` of a pass (from where a checkpoint left off), added to every
     model's sums; individual maps written on the way; checkpoints every --checkpoint_every batches."""
-    from .engine import Engine, EngineError
+    from .engine import EngineError
 
     config, maps = plan.config, plan.maps
     mode = maps.mode
@@ -290,15 +322,7 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
             log.info("%s-%d best-%s: %d session(s) x %d %s(s)", maps.split_name, job.split, job.metric,
                      len(data_pass.sessions), n_elements, mode)
         try:
-            engine = Engine(_export(plan, job), device=plan.device, method=config.method,
-                            target=config.target_node if isinstance(config.target_node, int) else 0,
-                            target_mode=TARGET_MODES.get(config.target_node, "node"),
-                            amp=_amp_dtype() if config.amp else None,
-                            cam_variant="clinicadl" if config.compat == "clinicadl" else "published",
-                            deterministic=config.deterministic, element_ids=data_pass.element_ids,
-                            n_samples=config.n_samples, noise_level=config.noise_level, n_steps=config.n_steps,
-                            baseline=config.baseline, chunk=config.chunk_size, seed=config.seed, abs=config.abs,
-                            statistics=config.statistics, group_by=GROUP_BY.get(config.group_by, "given"))
+            engine = make_engine(plan, _export(plan, job), data_pass.element_ids)
         except EngineError as error:
             raise MapsInterpretError(f"{job.model_path}: {error}") from None
         engines.append((job, engine, staging.job_dir(index, job_index)))
@@ -335,9 +359,7 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
             with signals.deferred():  # a signal now stops the run after this batch, with a checkpoint
                 batch.wait()  # GPU: the batch was made on another stream
                 owners = [sessions[first_session + position] for position in batch.session_index]
-                targets = ([label_code[s.label] for s in owners] if config.target_node == "label" else None)
-                seeds = ([sample_seed(s, e) for s, e in zip(owners, batch.element_ids)]
-                         if config.method == "smoothgrad" else None)
+                targets, seeds = sample_inputs(config, label_code, owners, batch.element_ids)
                 subsets = [subset_of[s.group] for s in owners] if subset_of else None
                 labels = [label_code[s.label] for s in owners] if config.group_by == "correct" else None
                 for (job, engine, folder), listing in zip(engines, members):
@@ -385,6 +407,14 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
     return partials()
 
 
+def _sanity_check(plan: Plan, data_pass: DataPass, job, partial: Partial, folder: Path) -> None:
+    """--sanity_check: the cascading randomisation's files, into the folder before its provenance lists it."""
+    if plan.config.sanity_check:
+        from .sanity import sanity_check
+
+        sanity_check(plan, data_pass, job, partial, folder)
+
+
 def _merge_parts(plan: Plan, summary: RunSummary) -> None:
     """--merge_parts: the finished parts' partial sums added in part order, their individual maps linked
     into the final folders (the parts stay intact until everything is in place), then the data group and
@@ -408,6 +438,7 @@ def _merge_parts(plan: Plan, summary: RunSummary) -> None:
                 folder = staging.job_dir(index, job_index)
                 partial = merge_all(partials[job_index] for partials in per_part)
                 results.write_means(plan, data_pass, partial, folder)
+                _sanity_check(plan, data_pass, job, partial, folder)
                 for run_dir, _ in parts:
                     for path in sorted((run_dir / f"pass-{index}-job-{job_index}").glob("*")):
                         os.link(path, folder / path.name)

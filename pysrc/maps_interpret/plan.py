@@ -76,6 +76,10 @@ def make_plan(config: InterpretConfig) -> Plan:
     models = [(split, metric) for split in splits for metric in config.selection_metrics]
     for split, metric in models:
         check_model(maps, split, metric, cam=config.method == "grad-cam")
+    if config.sanity_check:
+        from .sanity import check_plan
+
+        check_plan(maps)
     from .models import output_count
 
     outputs = output_count(maps)
