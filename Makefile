@@ -26,8 +26,8 @@ demo: setup
 	$(BIN)/python -m maps_interpret.synthetic demo $(DEMO)
 	$(BIN)/maps-interpret $(DEMO)/maps test demo gradients \
 	    --participants_tsv $(DEMO)/data/test.tsv --caps_directory $(DEMO)/data/caps \
-	    --save_individual --save_nifti --no-gpu
-	@echo "Maps written under $(DEMO)/maps/split-*/best-loss/test/interpret-demo/"
+	    --save_individual --save_nifti --save_figures --no-gpu
+	@echo "Maps written under $(DEMO)/maps/split-*/best-loss/test/interpret-demo/ (open its index.html)"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -37,11 +37,12 @@ def fixture_workdir(clinicadl_fixture: Path, tmp_path: Path, monkeypatch) -> Pat
 
 @pytest.fixture(scope="session")
 def synthetic_demo(tmp_path_factory) -> Path:
-    """A small synthetic CAPS + MAPS (two splits, random weights), built once."""
+    """A small synthetic CAPS + MAPS (two splits, random weights), built once. Its CAPS holds tensors only, as
+    the ClinicaDL fixture's (test_space.py runs CAPS with their source NIfTI images)."""
     from maps_interpret.synthetic import build_demo
 
     root = tmp_path_factory.mktemp("synthetic") / "demo"
-    build_demo(root, shape=(12, 14, 10), n_train=8, n_test=3, trained=False)
+    build_demo(root, shape=(12, 14, 10), n_train=8, n_test=3, trained=False, nifti=False)
     return root
 
 

@@ -25,13 +25,15 @@ def test_demo_command_end_to_end(tmp_path):
         assert (root / "maps" / "groups" / "train" / f"split-{split}" / "data.tsv").read_text().startswith(
             "\tparticipant_id\tsession_id")  # pandas index column, as ClinicaDL writes it
     args = [sys.executable, "-m", "maps_interpret", "maps", "test", "demo", "--participants_tsv", "data/test.tsv",
-            "--caps_directory", "data/caps", "--save_individual", "--save_nifti", "--no-gpu", "-np", "1"]
+            "--caps_directory", "data/caps", "--save_individual", "--save_nifti", "--save_figures", "--no-gpu",
+            "-np", "1"]  # as `make demo`
     result = subprocess.run(args, cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     folder = root / "maps" / "split-1" / "best-loss" / "test" / "interpret-demo"
     assert result.stdout.splitlines()[-1] == "maps/split-1/best-loss/test/interpret-demo"
     names = sorted(p.name for p in folder.iterdir())
-    assert len(names) == 2 * 8 + 1 and "mean_image-0_map.nii.gz" in names and "interpret.json" in names
+    assert len(names) == 2 * 8 + 4 and "mean_image-0_map.nii.gz" in names and "interpret.json" in names
+    assert {"mean_image-0_map.png", "index.html", "figures.json"} <= set(names)
     mean = torch.load(folder / "mean_image-0_map.pt", weights_only=True)
     individual = [torch.load(p, weights_only=True) for p in sorted(folder.glob("sub-*.pt"))]
     assert torch.allclose(mean, torch.stack(individual).mean(0), rtol=1e-5, atol=1e-12)

@@ -119,6 +119,8 @@ def _run(config: InterpretConfig, ctx: Context, start: float) -> RunSummary:
                                                         ctx.world)) if ctx.is_main else None)
             except OSError as error:
                 raise _disk_error(error, plan, summary) from None
+        if config.save_figures and not parts and ctx.is_main:  # every folder is written: one scale per run
+            _draw_figures(plan, summary)
         if parts and ctx.is_main:
             checkpoints.write_part(checkpoint, config.part_id, config.num_parts,
                                    {i: len(p.sessions) for i, p in enumerate(plan.passes)})
@@ -165,6 +167,17 @@ def _publish(plan: Plan, index: int, data_pass: DataPass, staging: writers.Stagi
         checkpoint.mark(index, "published")
     except OSError as error:
         raise _disk_error(error, plan, summary) from None
+
+
+def _draw_figures(plan: Plan, summary: RunSummary) -> None:
+    """--save_figures, once every folder of the run is in place (figures.py)."""
+    from . import figures
+
+    try:
+        figures.draw_run(plan)
+    except OSError as error:
+        raise MapsInterpretError(f"drawing the figures into {plan.maps.path} failed ({error.strerror or error}); "
+                                 "the maps are in place, some figures may be missing") from None
 
 
 def _disk_error(error: OSError, plan: Plan, summary: RunSummary) -> MapsInterpretError:
@@ -453,6 +466,8 @@ def _merge_parts(plan: Plan, summary: RunSummary) -> None:
                                         replace=config.overwrite_name)
                 summary.outputs.append(job.output_dir)
                 log.info("wrote %s", job.output_dir)
+        if config.save_figures:
+            _draw_figures(plan, summary)
         done = True
     finally:
         staging.close(keep=False)

@@ -18,18 +18,22 @@ from .errors import MapsInterpretError, first_line
 PROG = "maps-interpret"
 
 
-class _Parser(ArgumentParser):
-    """argparse-dataclass knows no ``action``: add it from the field metadata (repeatable options
-    and --x/--no-x pairs, as ClinicaDL's click options behave)."""
+class DataclassParser(ArgumentParser):
+    """argparse-dataclass knows no ``action``: add it from the field metadata (repeatable options, with the
+    element type given there, and --x/--no-x pairs, as ClinicaDL's click options behave). Shared by the
+    commands of the package (each parses its own dataclass)."""
 
     def add_argument(self, *args, **kwargs):
-        spec = next((f for f in fields(InterpretConfig) if f.name == kwargs.get("dest")), None)
+        options = getattr(self, "_options_type", None)  # unset while argparse adds -h
+        spec = next((f for f in fields(options) if f.name == kwargs.get("dest")), None) if options else None
         action = spec.metadata.get("action") if spec is not None else None
         if action is not None:
-            kwargs.pop("type", None)
             kwargs.pop("required", None)
+            kwargs.pop("type", None)  # the field's type (a list, a bool), not the element's
+            if action == "append":
+                kwargs["type"] = spec.metadata.get("type", str)
             kwargs["action"] = action
-            # None marks "not given" for append (config.__post_init__ applies the default).
+            # None marks "not given" for append (the dataclass' __post_init__ applies the default).
             kwargs["default"] = None if action == "append" else spec.default
         return super().add_argument(*args, **kwargs)
 
@@ -42,7 +46,7 @@ def _say(line: str) -> None:
 
 
 def build_parser() -> ArgumentParser:
-    return _Parser(
+    return DataclassParser(
         InterpretConfig,
         prog=PROG,
         description="Saliency maps of the models of a ClinicaDL MAPS over a data group "

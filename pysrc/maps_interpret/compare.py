@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
+from .config import _opt
 from .errors import MapsInterpretError, UsageError, first_line
 
 log = logging.getLogger(__name__)
@@ -29,10 +30,6 @@ STATISTICS = ("mean", "absmean", "std")
 DEFAULT_TOP_K = (1.0, 5.0, 10.0)
 COMPARE_DIRNAME = "compare"
 FILE = "compare.json"
-
-
-def _opt(*args: str, help: str, **extra) -> dict:
-    return {"args": list(args), "help": help, **extra}
 
 
 @dataclass

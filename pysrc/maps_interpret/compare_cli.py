@@ -5,34 +5,19 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import fields
 from typing import Optional, Sequence
 
 from argparse_dataclass import ArgumentParser
 
+from .cli import DataclassParser
 from .compare import CompareConfig
 from .errors import MapsInterpretError, first_line
 
 PROG = "maps-interpret-compare"
 
 
-class _Parser(ArgumentParser):
-    """argparse-dataclass knows no ``action``: repeatable options are added from the field metadata, keeping the
-    element type given there (``--splits`` are integers, ``--top_k`` numbers)."""
-
-    def add_argument(self, *args, **kwargs):
-        spec = next((f for f in fields(CompareConfig) if f.name == kwargs.get("dest")), None)
-        action = spec.metadata.get("action") if spec is not None else None
-        if action is not None:
-            kwargs.pop("required", None)
-            kwargs["type"] = spec.metadata.get("type", str)  # not the field's list type
-            kwargs["action"] = action
-            kwargs["default"] = None  # "not given": CompareConfig.__post_init__ applies the default
-        return super().add_argument(*args, **kwargs)
-
-
 def build_parser() -> ArgumentParser:
-    return _Parser(
+    return DataclassParser(
         CompareConfig,
         prog=PROG,
         description="Agreement between the models of a MAPS on one interpretation: Pearson, Spearman and top-k% "

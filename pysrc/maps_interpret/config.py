@@ -30,7 +30,7 @@ def target_node(text: str):
         raise argparse.ArgumentTypeError(f"expected an output node (0, 1, ...), label or predicted; got {text!r}")
 
 
-def _opt(*args: str, help: str, **extra) -> dict:
+def _opt(*args: str, help: str, **extra) -> dict:  # also used by compare.py
     return {"args": list(args), "help": help, **extra}
 
 
