@@ -38,11 +38,26 @@ class DataclassParser(ArgumentParser):
         return super().add_argument(*args, **kwargs)
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
     """One line on stderr in one write: the ranks of a torchrun job share it, and `print` writes the text and
     its newline separately (two ranks' lines would interleave)."""
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def report(prog: str, error: Exception, verbose: bool) -> int:
+    """An error as one line on stderr and its exit status. A MapsInterpretError is the user's to fix (with
+    --verbose, logged with its traceback); anything else is a bug or an environment failure (with --verbose,
+    raised again for the full traceback). Call it from the `except` clause."""
+    if isinstance(error, MapsInterpretError):
+        if verbose:
+            logging.getLogger(__name__).exception("failed")
+        say(f"{prog}: error: {first_line(error)}")
+        return error.exit_code
+    if verbose:
+        raise error
+    say(f"{prog}: error: {type(error).__name__}: {first_line(error)} (rerun with --verbose for the traceback)")
+    return 1
 
 
 def build_parser() -> ArgumentParser:
@@ -78,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ImportError as error:  # the core is missing or was built for another torch: say which
         if config.verbose:
             raise
-        _say(f"{PROG}: error: {first_line(error)}")
+        say(f"{PROG}: error: {first_line(error)}")
         return 1
 
     # SIGTERM/SIGUSR1 (a scheduler's time limit or warning, torchrun stopping the ranks) and Ctrl-C: inside the
@@ -86,38 +101,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     signals.install()
     try:
         summary = api.run(config)
-    except MapsInterpretError as error:
-        if config.verbose:
-            logging.getLogger(__name__).exception("failed")
-        _say(f"{PROG}: error: {first_line(error)}")
-        return error.exit_code
     except KeyboardInterrupt:
-        _say(f"{PROG}: interrupted; no partial result was left in the MAPS")
+        say(f"{PROG}: interrupted; no partial result was left in the MAPS")
         return 130
     except signals.Stopped as stop:
         if stop.checkpoint:
-            _say(f"{PROG}: stopped by {stop.name}; the progress was checkpointed in {stop.checkpoint}: run the same "
+            say(f"{PROG}: stopped by {stop.name}; the progress was checkpointed in {stop.checkpoint}: run the same "
                  "command with --continue to resume")
         elif stop.signum == signal.SIGINT:
-            _say(f"{PROG}: interrupted; no partial result was left in the MAPS")
+            say(f"{PROG}: interrupted; no partial result was left in the MAPS")
         else:
-            _say(f"{PROG}: terminated ({stop.name}); no partial result was left in the MAPS")
+            say(f"{PROG}: terminated ({stop.name}); no partial result was left in the MAPS")
         return stop.exit_code
-    except Exception as error:  # a bug or an environment failure: still one line unless --verbose
-        if config.verbose:
-            raise
-        _say(f"{PROG}: error: {type(error).__name__}: {first_line(error)} (rerun with --verbose for the traceback)")
-        return 1
+    except Exception as error:
+        return report(PROG, error, config.verbose)
     for folder in summary.outputs:  # stdout: the result, for scripts; logs go to stderr
         print(folder)
     return 0
 
 
 def entry() -> None:
-    """The console command: main(), then an immediate exit. Everything is written and closed when main()
-    returns (writer joined, loader workers stopped, staging published); interpreter teardown (torch's
-    modules, ~0.3-0.7 s) would only add to every run of a batch job."""
-    code = main()
+    """The console command: main(), then an immediate exit (`exit_now`)."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> None:
+    """Exits without interpreter teardown. Everything is written and closed when a command's main() returns
+    (writer joined, loader workers stopped, staging published); teardown (torch's modules, ~0.3-0.7 s) would
+    only add to every run of a batch job."""
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

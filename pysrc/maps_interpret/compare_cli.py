@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from typing import Optional, Sequence
 
 from argparse_dataclass import ArgumentParser
 
-from .cli import DataclassParser
+from .cli import DataclassParser, exit_now, report, say
 from .compare import CompareConfig
-from .errors import MapsInterpretError, first_line
 
 PROG = "maps-interpret-compare"
 
@@ -30,11 +28,6 @@ def build_parser() -> ArgumentParser:
     )
 
 
-def _say(line: str) -> None:
-    sys.stderr.write(line + "\n")
-    sys.stderr.flush()
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     config = build_parser().parse_args(argv)  # exits with status 2 on a usage error
     logging.basicConfig(level=logging.DEBUG if config.verbose else logging.INFO,
@@ -43,34 +36,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from . import compare  # torch and matplotlib load only once the command line is valid
 
         summary = compare.run(config)
-    except MapsInterpretError as error:
-        if config.verbose:
-            logging.getLogger(__name__).exception("failed")
-        _say(f"{PROG}: error: {first_line(error)}")
-        return error.exit_code
     except KeyboardInterrupt:
-        _say(f"{PROG}: interrupted; no partial result was left")
+        say(f"{PROG}: interrupted; no partial result was left")
         return 130
-    except Exception as error:  # a bug or an environment failure: still one line unless --verbose
-        if config.verbose:
-            raise
-        _say(f"{PROG}: error: {type(error).__name__}: {first_line(error)} (rerun with --verbose for the traceback)")
-        return 1
+    except Exception as error:
+        return report(PROG, error, config.verbose)
     print(summary.output)  # stdout: the result, for scripts; logs go to stderr
     return 0
 
 
 def entry() -> None:
-    """The console command: main(), then an immediate exit, as `maps-interpret` does (everything is written and
-    closed when main() returns; interpreter teardown would only add time)."""
-    code = main()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or a full disk: the printed folder is lost
-            code = code or 120
-    os._exit(code)
+    """The console command: main(), then an immediate exit, as `maps-interpret` exits."""
+    exit_now(main())
 
 
 if __name__ == "__main__":
