@@ -136,8 +136,11 @@ def draw_run(plan) -> None:
     folders = [(data_pass, job) for data_pass in plan.passes for job in data_pass.jobs]
     figures = {job.output_dir: maps_to_draw(job.output_dir, mode) for _, job in folders}
     scales = colour_scales([f for listing in figures.values() for f in listing])
+    backgrounds = {}  # per pass: its jobs share the sessions
     for data_pass, job in folders:
-        background = mean_input(data_pass, plan.maps.params, mode)
+        if id(data_pass) not in backgrounds:
+            backgrounds[id(data_pass)] = mean_input(data_pass, plan.maps.params, mode)
+        background = backgrounds[id(data_pass)]
         drawn = []
         for figure in figures[job.output_dir]:
             png = figure.map_file.with_suffix(".png")
