@@ -13,7 +13,7 @@ import torch
 from matplotlib.image import imread
 
 from maps_interpret.cli import main
-from maps_interpret.figures import FIGURES_FILE, INDEX, PERCENTILE, draw
+from maps_interpret.figures import FIGURES_FILE, INDEX, Figure, colour_scales, draw
 from maps_interpret.synthetic import PATTERN, build_demo
 
 
@@ -67,10 +67,24 @@ def test_every_statistic_map_is_drawn_on_one_scale_per_run(tmp_path, monkeypatch
         assert INDEX in outputs and all(f["file"] in outputs for f in drawn["figures"])
     scales = [json.loads((folder / FIGURES_FILE).read_text())["colour_scales"] for folder in folders]
     assert scales[0] == scales[1]  # the whole run, both splits
-    for statistic, values in maps.items():
-        v = float(np.percentile(torch.cat([m.abs().reshape(-1) for m in values]).double().numpy(), PERCENTILE))
-        assert scales[0][statistic] == pytest.approx([-v, v], rel=1e-6)
+    for statistic, values in maps.items():  # within the range of every map of the statistic, not of one only
+        v = scales[0][statistic][1]
+        assert scales[0][statistic][0] == -v and 0 < v <= max(float(m.abs().max()) for m in values)
     assert scales[0]["mean"] != scales[0]["std"]
+
+
+def test_colour_scale_ignores_zeros_and_a_few_outliers(tmp_path):
+    """Maps that are 0 almost everywhere (a small region) with one extreme voxel: the scale is the region's
+    values, not 0 (zeros counted) nor the outlier (the maximum)."""
+    files = []
+    for k, values in enumerate([(2.0, 2000.0), (-2.0, 5.0)]):  # the region's value, one outlier
+        map_ = torch.zeros(1, 100, 100, 100)
+        map_.view(-1)[:2000] = values[0]  # 0.2% of the voxels
+        map_.view(-1)[5000] = values[1]
+        path = tmp_path / f"mean_image-{k}_map.pt"
+        torch.save(map_, path)
+        files.append(Figure(path, "mean", "all"))
+    assert colour_scales(files) == {"mean": pytest.approx(2.0)}
 
 
 def test_patch_runs_draw_their_image_space_maps(tmp_path, monkeypatch):

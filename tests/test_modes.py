@@ -126,6 +126,13 @@ def test_maps_names_and_means(mode_maps, tmp_path, monkeypatch, method):
     means = {e: torch.load(folder / f"mean_{mode}-{e}_map.pt", weights_only=True) for e in elements}
     assert torch.equal(torch.load(folder / f"mean_{IMAGE_SPACE}_map.pt", weights_only=True),
                        to_image(layout, means, (1, *SHAPE)))
+    # --compat clinicadl divides its element means again; the image-space map (no ClinicaDL file) stays the mean
+    # (compat Grad-CAM is another method: its maps differ).
+    compat_whole = root / "maps" / "split-0" / "best-loss" / "test" / "interpret-compat" / f"mean_{IMAGE_SPACE}_map.pt"
+    if method == "gradients":
+        assert_close_to_reference(torch.load(compat_whole, weights_only=True),
+                                  torch.load(folder / f"mean_{IMAGE_SPACE}_map.pt", weights_only=True),
+                                  "compat image space")
     for (participant, session, element), reference in expected.items():
         ours = torch.load(folder / f"{participant}_{session}_{mode}-{element}_map.pt", weights_only=True)
         assert_close_to_reference(ours, reference, f"{case} {participant} {session} {mode}-{element}")

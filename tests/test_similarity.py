@@ -71,3 +71,14 @@ def test_top_dice():
     assert top_mask(a, 0.001).sum() == 1  # at least one voxel
     with pytest.raises(ValueError, match="fraction"):
         top_dice(a, b, 0)
+
+
+def test_zeros_are_never_top_voxels():
+    """Two unrelated sparse maps (3% non-zero) share no top voxel: zeros are not picked by their position."""
+    a, b = torch.zeros(1000), torch.zeros(1000)
+    a[torch.arange(0, 1000, 37)] = 1.0  # 28 voxels
+    b[torch.arange(5, 1000, 37)] = 2.0
+    assert top_mask(a, 0.1).sum() == 28
+    assert top_dice(a, b, 0.1) == 0.0
+    assert top_dice(a, a, 0.1) == 1.0
+    assert math.isnan(top_dice(torch.zeros(10), torch.zeros(10), 0.5))

@@ -62,6 +62,21 @@ def test_regions_go_back_to_their_crop_times_their_mask(gap):
     assert torch.allclose(got, image * torch.from_numpy(mask))
 
 
+def test_a_region_with_gaps_is_written_on_the_image_grid():
+    """Two blobs in one mask: the crop skips the voxels between them, which no affine can express; the NIfTI is
+    then the whole image grid holding image x mask (the element's map here is the element itself)."""
+    mask = np.zeros(SHAPE, dtype=np.float32)
+    mask[3:6, 4:10, 5:8] = 1
+    mask[12:14, 5:7, 6:7] = 1
+    layout = RoiLayout((mask,), (nifti_path,), uncropped=False)
+    image = torch.rand(1, *SHAPE)
+    affine = source_affine(SHAPE)
+    volume, got_affine = Placement(layout, 0, (1, *SHAPE), None, Reference(None, affine)).nifti(
+        layout.extract(image, 0))
+    assert np.array_equal(got_affine, affine)
+    assert np.allclose(volume, (image[0] * torch.from_numpy(mask)).numpy())
+
+
 def test_size_reduction_affine_indexes_the_voxels_it_kept():
     full = (169, 208, 179)
     index = torch.arange(np.prod(full), dtype=torch.float64).reshape(1, *full)

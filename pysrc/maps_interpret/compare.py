@@ -247,7 +247,7 @@ def element_rows(sources: list[Source], maps_: list, element: int, mode: str, to
     than once per pair, by similarity.py's own functions: on a full-size image map a call to `spearman` or
     `top_dice` costs seconds (each sorts both maps), and n models make n(n-1)/2 pairs. Spearman is then Pearson's
     r of the ranks, as `spearman` computes it, and Dice the overlap of the masks, as `top_dice` does."""
-    from .similarity import pearson, ranks, top_mask
+    from .similarity import mask_dice, pearson, ranks, top_mask
 
     ranked = [ranks(map_.reshape(-1).double()) for map_ in maps_]
     tops = [{k: top_mask(map_, k / 100) for k in top_k} for map_ in maps_]
@@ -258,13 +258,9 @@ def element_rows(sources: list[Source], maps_: list, element: int, mode: str, to
             row = {"split_a": a.split, "selection_metric_a": a.metric, "split_b": b.split,
                    "selection_metric_b": b.metric, f"{mode}_id": element,
                    "pearson": pearson(maps_[i], maps_[j]), "spearman": pearson(ranked[i], ranked[j])}
-            row.update({dice_column(k): _dice(tops[i][k], tops[j][k]) for k in top_k})
+            row.update({dice_column(k): mask_dice(tops[i][k], tops[j][k]) for k in top_k})
             rows.append(row)
     return rows
-
-
-def _dice(x, y) -> float:
-    return 2 * float((x & y).sum()) / float(x.sum() + y.sum())
 
 
 def across_splits(sources: list[Source], maps_: list) -> dict[str, tuple]:

@@ -2,8 +2,8 @@
 
 Drawn once every folder of the run is written, so that each statistic (mean, absmean, std) has one colour
 scale for the whole run: figures of different splits, selection metrics and subsets compare at a glance.
-The scale is symmetric, [-v, v], v the 99.9th percentile of |value| over every map of that statistic in the
-run (one extreme voxel would otherwise wash the others out; values beyond v saturate). Maps of patch, slice
+The scale is symmetric, [-v, v], v the 99.9th percentile of |value| over the non-zero voxels of every map of
+that statistic in the run (a few extreme voxels would otherwise wash the others out; values beyond v saturate). Maps of patch, slice
 and roi runs are drawn from their image-space maps (space.py): every element at its place in the image.
 
 matplotlib draws on its Agg canvas without pyplot: no display, and no global backend switched for a caller
@@ -31,6 +31,7 @@ from .transforms import Preprocess, nan_removal
 log = logging.getLogger("maps_interpret")
 BACKGROUND_SESSIONS = 16  # sessions averaged into the background image (their mean input)
 PERCENTILE = 99.9
+SCALE_SAMPLE = 1_000_000  # non-zero values per map that the percentile is taken over, at most
 TRANSPARENT_BELOW = 0.1  # |value| under this fraction of the scale is not drawn: the anatomy shows through
 INDEX = "index.html"
 FIGURES_FILE = "figures.json"
@@ -70,17 +71,24 @@ def mean_input(data_pass, params: dict, mode: str) -> torch.Tensor:
     return (total / len(sessions)).float()
 
 
+def magnitudes(map_: torch.Tensor) -> torch.Tensor:
+    """The |values| of a map's non-zero voxels, every k-th of them beyond SCALE_SAMPLE (a percentile needs no
+    more, and a run may hold dozens of full-size maps). Zeros are the voxels no element covers (outside the
+    regions, discarded slices, patch borders): counted, they would pull the percentile down to saturate the map."""
+    values = map_.abs().reshape(-1)
+    values = values[values > 0]
+    return values[::max(1, values.numel() // SCALE_SAMPLE)].double()
+
+
 def colour_scales(figures: list[Figure]) -> dict[str, float]:
-    """Per statistic, v of the [-v, v] scale shared by every figure of the run."""
+    """Per statistic, v of the [-v, v] scale shared by every figure of the run (1 for maps of zeros only)."""
     values: dict[str, list[torch.Tensor]] = {}
     for figure in figures:
-        map_ = torch.load(figure.map_file, weights_only=True).abs().reshape(-1)
-        values.setdefault(figure.statistic, []).append(map_)
+        values.setdefault(figure.statistic, []).append(magnitudes(torch.load(figure.map_file, weights_only=True)))
     scales = {}
     for statistic, maps in values.items():
-        magnitudes = torch.cat(maps).double().numpy()
-        scale = float(np.percentile(magnitudes, PERCENTILE))
-        scales[statistic] = scale if scale > 0 else float(magnitudes.max()) or 1.0
+        sample = torch.cat(maps).numpy()
+        scales[statistic] = float(np.percentile(sample, PERCENTILE)) if sample.size else 1.0
     return scales
 
 
@@ -184,7 +192,8 @@ td,th{{text-align:left;padding:0 1em 0 0}}</style></head>
 <tr><th>MAPS</th><td>{html.escape(str(plan.maps.path))}</td></tr>
 <tr><th>model</th><td>{html.escape(str(job.model_path))}</td></tr>
 <tr><th>sessions</th><td>{len(data_pass.sessions)} ({plan.maps.mode} mode, {len(data_pass.element_ids)} element(s) each)</td></tr>
-<tr><th>colour scales</th><td>{scale_text} (shared by every figure of the run; the {PERCENTILE}th percentile of |value|;
+<tr><th>colour scales</th><td>{scale_text} (shared by every figure of the run; the {PERCENTILE}th percentile of |value|
+over non-zero voxels;
 values under {TRANSPARENT_BELOW:.0%} of the scale transparent)</td></tr>
 <tr><th>background</th><td>mean input image of the first {n_background} session(s), as the network sees them</td></tr>
 <tr><th>provenance</th><td><a href="{provenance.FILE}">{provenance.FILE}</a></td></tr>

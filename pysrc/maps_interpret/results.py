@@ -89,7 +89,7 @@ def write_means(plan, data_pass, partial: Partial, folder: Path) -> None:
         by_label: dict[str, dict[int, torch.Tensor]] = {}
         for key, value in maps.items():
             subset, element = split_key(key)
-            label = "" if subset is None else f"{config.group_by}-{subset_name(data_pass, subset)}_"
+            label = _label(config, data_pass, subset)
             stem = f"{name}_{label}{mode}-{element}_map"
             value = value.cpu()
             writers.save_map(value, folder / stem, config.save_nifti,
@@ -97,6 +97,11 @@ def write_means(plan, data_pass, partial: Partial, folder: Path) -> None:
             listing.append({"file": f"{stem}.pt", "statistic": name, "subset": label[:-1] or "all",
                             f"{mode}_id": element, "n_maps": counts[key]})
             by_label.setdefault(label, {})[element] = value
+        if name == "mean" and config.compat == "clinicadl":  # image-space maps are no ClinicaDL file: true means
+            by_label = {}
+            for key, value in partial.means().items():
+                subset, element = split_key(key)
+                by_label.setdefault(_label(config, data_pass, subset), {})[element] = value.cpu()
         if image_space(plan):
             for label, elements in by_label.items():
                 writers.save_map(space.to_image(data_pass.layout, elements, data_pass.image_shape),
@@ -109,6 +114,11 @@ def write_means(plan, data_pass, partial: Partial, folder: Path) -> None:
         writers.write_tsv(folder / "subsets.tsv", ["participant_id", "session_id", f"{mode}_id", config.group_by],
                           [{"participant_id": p, "session_id": s, f"{mode}_id": e,
                             config.group_by: subset_name(data_pass, g)} for p, s, e, g in partial.members])
+
+
+def _label(config, data_pass, subset: Optional[int]) -> str:
+    """A subset's part of a file name: `<COLUMN>-<value>_`, or nothing for the whole group."""
+    return "" if subset is None else f"{config.group_by}-{subset_name(data_pass, subset)}_"
 
 
 def subset_name(data_pass, index: int) -> str:
@@ -135,7 +145,7 @@ def write_individual_image_space(plan, data_pass, folder: Path) -> None:
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+    with ThreadPoolExecutor(max_workers=min(8, len(os.sched_getaffinity(0)))) as pool:  # the cores allotted
         # list(): the first error of any session is raised here, after the others have finished.
         list(pool.map(lambda session: _individual_image_space(plan, data_pass, session, folder),
                       data_pass.sessions))
@@ -143,8 +153,13 @@ def write_individual_image_space(plan, data_pass, folder: Path) -> None:
 
 def _individual_image_space(plan, data_pass, session, folder: Path) -> None:
     mode = plan.maps.mode
-    elements = {element: torch.load(folder / f"{individual_stem(session, mode, element)}.pt", weights_only=True)
-                for element in data_pass.element_ids}
+    elements = {}
+    for element in data_pass.element_ids:
+        path = folder / f"{individual_stem(session, mode, element)}.pt"
+        if not path.is_file():
+            raise MapsInterpretError(f"{path} is missing: the individual maps of this run are incomplete (removed "
+                                     "during the run?); run again with --overwrite_name")
+        elements[element] = torch.load(path, weights_only=True)
     source = space.reference(session.source_image) if plan.config.save_nifti else None
     writers.save_map(space.to_image(data_pass.layout, elements, data_pass.image_shape),
                      folder / f"{session.participant_id}_{session.session_id}_{space.IMAGE_SPACE}_map",

@@ -101,8 +101,10 @@ def layer_seed(name: str) -> int:
 def reinitialise(name: str, module: nn.Module) -> None:
     """`module`'s own initialisation (BatchNorm: running statistics too), seeded by its name; the global RNG
     is left as it was."""
-    with torch.random.fork_rng(devices=[]), torch.no_grad():  # parameters are on the CPU (load_model)
-        torch.manual_seed(layer_seed(name))
+    # The parameters are on the CPU (load_model): only the CPU generator is seeded, inside a fork that restores
+    # it (torch.manual_seed would also reseed, or queue a seed for, every CUDA generator).
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.random.default_generator.manual_seed(layer_seed(name))
         module.reset_parameters()
 
 

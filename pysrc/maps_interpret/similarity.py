@@ -49,7 +49,9 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def top_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
-    """The ceil(fraction * n) voxels of largest |x| (ties broken by position, first kept), as a flat bool mask."""
+    """The ceil(fraction * n) voxels of largest |x| (ties broken by position, first kept) that are not 0, as a
+    flat bool mask: a sparse map (a Grad-CAM map the ReLU zeroed in most places) has fewer top voxels, rather
+    than zeros picked by their position, which two unrelated sparse maps would share."""
     if not 0 < fraction <= 1:
         raise ValueError(f"the top fraction must be in (0, 1], got {fraction}")
     flat = x.detach().reshape(-1).double().abs()
@@ -57,12 +59,17 @@ def top_mask(x: torch.Tensor, fraction: float) -> torch.Tensor:
     order = torch.argsort(-flat, stable=True)
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     mask[order[:k]] = True
-    return mask
+    return mask & (flat > 0)
+
+
+def mask_dice(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Dice overlap of two flat bool masks; NaN when both are empty (two maps of zeros)."""
+    total = float(x.sum() + y.sum())
+    return 2 * float((x & y).sum()) / total if total else math.nan
 
 
 def top_dice(a: torch.Tensor, b: torch.Tensor, fraction: float) -> float:
-    """Dice overlap (2|A∩B| / (|A|+|B|)) of the top `fraction` of each map's voxels by magnitude: 1 when both
-    maps point at the same voxels, whatever their values."""
+    """Dice overlap (2|A∩B| / (|A|+|B|)) of the top `fraction` of each map's voxels by magnitude (`top_mask`):
+    1 when both maps point at the same voxels, whatever their values; NaN when both maps are 0 everywhere."""
     _pair(a, b)
-    x, y = top_mask(a, fraction), top_mask(b, fraction)
-    return 2 * float((x & y).sum()) / float(x.sum() + y.sum())
+    return mask_dice(top_mask(a, fraction), top_mask(b, fraction))

@@ -69,8 +69,11 @@ def to_image_voxels(layout, element: Optional[int], image_shape: Sequence[int],
         for axis, (start, _, step) in enumerate(SIZE_REDUCTION[reduction]):
             transform[axis, axis], transform[axis, 3] = step, start
         return transform
-    for axis, span in enumerate(layout.region(element, image_shape)):
-        transform[axis, 3] = span.start if isinstance(span, slice) else int(span[0])
+    region = layout.region(element, image_shape)
+    if not box(region):
+        raise ValueError(f"{layout.mode} {element}: its region is no box of the image; no affine places it")
+    for axis, span in enumerate(region):
+        transform[axis, 3] = span.start
     return transform
 
 
@@ -82,8 +85,13 @@ def element_volume(layout, map_: torch.Tensor) -> torch.Tensor:
     return map_[0] if map_.shape[0] == 1 else map_.movedim(0, -1)
 
 
+def box(region: tuple) -> bool:
+    """Whether an element's region is a box of the image (a slice per axis), which an affine can place."""
+    return all(isinstance(span, slice) for span in region)
+
+
 def _index(region: tuple):
-    if all(isinstance(span, slice) for span in region):
+    if box(region):
         return region
     return np.ix_(*[np.arange(span.start, span.stop) if isinstance(span, slice) else span for span in region])
 
@@ -123,7 +131,11 @@ class Placement:
     source: Reference
 
     def nifti(self, map_: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(voxels, affine) of the map's NIfTI file."""
+        """(voxels, affine) of the map's NIfTI file. A region whose crop is no box (a mask whose projection has
+        gaps, e.g. left and right hippocampus in one mask) has no affine: its map is written on the whole image
+        grid instead, as `to_image` places it."""
+        if self.element is not None and not box(self.layout.region(self.element, self.image_shape)):
+            return to_image(self.layout, {self.element: map_}, self.image_shape)[0].numpy(), self.source.affine
         volume = map_[0] if self.element is None else element_volume(self.layout, map_)
         affine = self.source.affine @ to_image_voxels(self.layout, self.element, self.image_shape, self.reduction)
         return volume.numpy(), affine
