@@ -282,6 +282,15 @@ def make_engine(plan: Plan, scripted: torch.jit.ScriptModule, element_ids, summa
                   group_by=GROUP_BY.get(config.group_by, "given") if summaries else "none")
 
 
+def session_dataset(plan: Plan, data_pass: DataPass, sessions: list) -> SessionDataset:
+    """`sessions` as the run reads them: raw tensors when they are preprocessed on the device (--preprocess_on;
+    auto: on a GPU), else preprocessed by the readers."""
+    config, maps = plan.config, plan.maps
+    on_device = config.preprocess_on == "device" or (config.preprocess_on == "auto" and plan.device != "cpu")
+    return SessionDataset(sessions, data_pass.layout, Preprocess.from_params(maps.params), maps.input_size,
+                          data_pass.element_ids, raw=on_device)
+
+
 def sample_inputs(config: InterpretConfig, label_code, owners, element_ids) -> tuple[Optional[list], Optional[list]]:
     """Per sample of a batch: its target node (--target_node label) and its seed (smoothgrad), else None."""
     targets = [label_code[s.label] for s in owners] if config.target_node == "label" else None
@@ -356,10 +365,7 @@ def _run_shard(plan: Plan, index: int, data_pass: DataPass, staging: writers.Sta
     subset_of = {name: index for index, name in enumerate(data_pass.subsets)} if given_subsets else {}
     first_session, skip = divmod(positions.start + done, n_elements)
     end_session = -(-positions.stop // n_elements)
-    on_device = config.preprocess_on == "device" or (config.preprocess_on == "auto" and gpu)
-    dataset = SessionDataset(sessions[first_session:end_session], data_pass.layout,
-                             Preprocess.from_params(maps.params), maps.input_size, data_pass.element_ids,
-                             raw=on_device)
+    dataset = session_dataset(plan, data_pass, sessions[first_session:end_session])
     progress = tqdm(total=len(positions), initial=done, unit=mode,
                     desc=f"{config.data_group}/{config.name}", disable=None if ctx.is_main else True, leave=False,
                     dynamic_ncols=True)

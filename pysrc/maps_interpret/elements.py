@@ -163,14 +163,21 @@ class RoiLayout:
 
     _on_device: dict = field(default_factory=dict, compare=False, repr=False)  # (element, device) -> mask, crop
 
+    def _stacked(self, element: int) -> np.ndarray:
+        """The mask with its channel axis, as the images have one."""
+        mask = self.masks[element]
+        return mask[np.newaxis] if mask.ndim == 3 else mask
+
+    def _kept(self, element: int) -> list[np.ndarray]:
+        """Per axis of the (channel-first) mask, the indices where it is non-zero somewhere: what a crop keeps."""
+        mask = self._stacked(element)
+        return [np.flatnonzero(mask.any(axis=tuple(a for a in range(4) if a != axis))) for axis in range(4)]
+
     def _mask(self, element: int, device: torch.device) -> tuple[torch.Tensor, Optional[tuple]]:
         key = (element, str(device))
         if key not in self._on_device:  # once per region and device, not once per image
-            mask = self.masks[element]
-            mask = mask[np.newaxis] if mask.ndim == 3 else mask
-            keep = None if self.uncropped else np.ix_(
-                *[np.flatnonzero(mask.any(axis=tuple(a for a in range(4) if a != axis))) for axis in range(4)])
-            self._on_device[key] = (torch.from_numpy(mask).to(device), keep)
+            keep = None if self.uncropped else np.ix_(*self._kept(element))
+            self._on_device[key] = (torch.from_numpy(self._stacked(element)).to(device), keep)
         return self._on_device[key]
 
     def extract(self, image: torch.Tensor, element: int) -> torch.Tensor:
@@ -187,26 +194,22 @@ class RoiLayout:
         return torch.cat(parts) if parts else images.new_empty((0, *images.shape[1:]))
 
     def region(self, element: int, image_shape: Sequence[int]) -> tuple:
-        """The voxels `extract` keeps: per axis, the indices where the mask is non-zero somewhere (the whole
-        image when uncropped). A slice per axis where they are contiguous (the bounding box; always for a
-        connected region), else the index array (a mask whose projection has gaps)."""
-        mask = self.masks[element]
-        mask = mask if mask.ndim == 3 else mask.reshape(mask.shape[-3:])
+        """The voxels `extract` keeps (`_kept`; the whole image when uncropped): a slice per axis where they are
+        contiguous (the bounding box; always for a connected region), else the index array (a mask whose
+        projection has gaps)."""
+        spatial = self._stacked(element).shape[1:]
         if self.uncropped:
-            return tuple(slice(0, s) for s in mask.shape)
+            return tuple(slice(0, s) for s in spatial)
         out = []
-        for axis in range(3):
-            kept = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        for kept in self._kept(element)[1:]:
             contiguous = kept.size and kept[-1] - kept[0] + 1 == kept.size
             out.append(slice(int(kept[0]), int(kept[-1]) + 1) if contiguous else kept)
         return tuple(out)
 
     def weight(self, element: int) -> np.ndarray:
         """The mask over `region`: the network sees image x mask, so a voxel outside the mask never reaches it."""
-        mask = self.masks[element]
-        mask = mask if mask.ndim == 3 else mask.reshape(mask.shape[-3:])
-        region = self.region(element, (1, *mask.shape))
-        return (mask != 0)[np.ix_(*[np.arange(mask.shape[a])[r] for a, r in enumerate(region)])]
+        inside = (self._stacked(element) != 0).any(0)
+        return inside if self.uncropped else inside[np.ix_(*self._kept(element)[1:])]
 
     def element_file(self, image_path: Path, element: int) -> Path:
         name = image_path.name

@@ -26,7 +26,7 @@ import torch
 
 from . import provenance, space, writers
 from .caps import load_tensor
-from .transforms import Preprocess, nan_removal
+from .transforms import Preprocess
 
 log = logging.getLogger("maps_interpret")
 BACKGROUND_SESSIONS = 16  # sessions averaged into the background image (their mean input)
@@ -66,7 +66,7 @@ def mean_input(data_pass, params: dict, mode: str) -> torch.Tensor:
     total = None
     sessions = data_pass.sessions[:BACKGROUND_SESSIONS]
     for session in sessions:
-        image = preprocess(nan_removal(load_tensor(session.tensor_path))).double()
+        image = preprocess(load_tensor(session.tensor_path)).double()
         total = image if total is None else total + image
     return (total / len(sessions)).float()
 

@@ -58,10 +58,19 @@ def group_reference(data_pass) -> space.Reference:
     return space.reference(first)
 
 
-def placement(plan, data_pass, element: Optional[int], source: space.Reference) -> Optional[space.Placement]:
-    if not space.supported(data_pass.layout, reduction(plan)):
+def session_source(plan, session) -> Optional[space.Reference]:
+    """--save_nifti: the session's source image (read on the background writer or a worker thread)."""
+    return space.reference(session.source_image) if plan.config.save_nifti else None
+
+
+def placement(plan, data_pass, element: Optional[int],
+              source: Optional[space.Reference]) -> Optional[space.Placement]:
+    """Where a map's NIfTI lies: None without --save_nifti (no source) or without an image grid (ClinicaDL's
+    layout, identity affine)."""
+    factor = reduction(plan)
+    if source is None or not space.supported(data_pass.layout, factor):
         return None
-    return space.Placement(data_pass.layout, element, data_pass.image_shape, reduction(plan), source)
+    return space.Placement(data_pass.layout, element, data_pass.image_shape, factor, source)
 
 
 def write_means(plan, data_pass, partial: Partial, folder: Path) -> None:
@@ -72,10 +81,12 @@ def write_means(plan, data_pass, partial: Partial, folder: Path) -> None:
     config, mode = plan.config, plan.maps.mode
     if partial.sums is None:
         raise MapsInterpretError(f"no map was computed for {folder}")
-    statistics = {"mean": (partial.clinicadl_means(len(data_pass.sessions), len(data_pass.element_ids))
-                           if config.compat == "clinicadl" else partial.means())}
-    if config.compat == "clinicadl" and config.group_by:
-        statistics["mean"].update({k: v for k, v in partial.means().items() if k >= SUBSET_STRIDE})
+    means = partial.means()
+    statistics = {"mean": means}
+    if config.compat == "clinicadl":
+        statistics["mean"] = partial.clinicadl_means(len(data_pass.sessions), len(data_pass.element_ids))
+        if config.group_by:
+            statistics["mean"].update({k: v for k, v in means.items() if k >= SUBSET_STRIDE})
     if config.statistics:
         statistics.update(absmean=partial.absmeans(), std=partial.stds())
         single = [key for key, count in zip(partial.ids, partial.counts) if count == 1]
@@ -86,27 +97,23 @@ def write_means(plan, data_pass, partial: Partial, folder: Path) -> None:
     source = group_reference(data_pass) if config.save_nifti else None
     listing = []
     for name, maps in statistics.items():
-        by_label: dict[str, dict[int, torch.Tensor]] = {}
         for key, value in maps.items():
             subset, element = split_key(key)
             label = _label(config, data_pass, subset)
             stem = f"{name}_{label}{mode}-{element}_map"
-            value = value.cpu()
-            writers.save_map(value, folder / stem, config.save_nifti,
-                             placement(plan, data_pass, element, source) if source else None)
+            writers.save_map(value.cpu(), folder / stem, config.save_nifti,
+                             placement(plan, data_pass, element, source))
             listing.append({"file": f"{stem}.pt", "statistic": name, "subset": label[:-1] or "all",
                             f"{mode}_id": element, "n_maps": counts[key]})
-            by_label.setdefault(label, {})[element] = value
-        if name == "mean" and config.compat == "clinicadl":  # image-space maps are no ClinicaDL file: true means
-            by_label = {}
-            for key, value in partial.means().items():
+        if image_space(plan):  # no ClinicaDL file: from the true means, whatever --compat divides
+            by_label: dict[str, dict[int, torch.Tensor]] = {}
+            for key, value in (means if name == "mean" else maps).items():
                 subset, element = split_key(key)
                 by_label.setdefault(_label(config, data_pass, subset), {})[element] = value.cpu()
-        if image_space(plan):
             for label, elements in by_label.items():
                 writers.save_map(space.to_image(data_pass.layout, elements, data_pass.image_shape),
                                  folder / f"{name}_{label}{space.IMAGE_SPACE}_map", config.save_nifti,
-                                 placement(plan, data_pass, None, source) if source else None)
+                                 placement(plan, data_pass, None, source))
     if config.statistics or config.group_by:  # how many maps each file summarises (a subset may be small)
         writers.write_tsv(folder / "statistics.tsv", ["file", "statistic", "subset", f"{mode}_id", "n_maps"],
                           listing)
@@ -131,9 +138,8 @@ def individual_stem(session, mode: str, element) -> str:
 
 def save_individual(plan, data_pass, session, element: int, map_: torch.Tensor, folder: Path) -> None:
     """One session's element map (on the background writer: its source image header is read there)."""
-    source = space.reference(session.source_image) if plan.config.save_nifti else None
     writers.save_map(map_, folder / individual_stem(session, plan.maps.mode, element), plan.config.save_nifti,
-                     placement(plan, data_pass, element, source) if source else None)
+                     placement(plan, data_pass, element, session_source(plan, session)))
 
 
 def write_individual_image_space(plan, data_pass, folder: Path) -> None:
@@ -160,7 +166,6 @@ def _individual_image_space(plan, data_pass, session, folder: Path) -> None:
             raise MapsInterpretError(f"{path} is missing: the individual maps of this run are incomplete (removed "
                                      "during the run?); run again with --overwrite_name")
         elements[element] = torch.load(path, weights_only=True)
-    source = space.reference(session.source_image) if plan.config.save_nifti else None
     writers.save_map(space.to_image(data_pass.layout, elements, data_pass.image_shape),
                      folder / f"{session.participant_id}_{session.session_id}_{space.IMAGE_SPACE}_map",
-                     plan.config.save_nifti, placement(plan, data_pass, None, source) if source else None)
+                     plan.config.save_nifti, placement(plan, data_pass, None, session_source(plan, session)))

@@ -260,17 +260,13 @@ def _report(result: dict, where: str, method: str, mode: str) -> None:
 
 def mean_maps(plan, data_pass, sessions: list, job, model: nn.Module) -> dict[int, torch.Tensor]:
     """Each element's mean map of `model` over `sessions`, computed as the main run computes it."""
-    from .api import export_model, make_engine, sample_inputs
-    from .caps import SessionDataset, make_batches
+    from .api import export_model, make_engine, sample_inputs, session_dataset
+    from .caps import make_batches
     from .engine import EngineError
-    from .transforms import Preprocess
 
-    config, maps = plan.config, plan.maps
-    gpu = torch.device(plan.device).type == "cuda"
-    on_device = config.preprocess_on == "device" or (config.preprocess_on == "auto" and gpu)
-    dataset = SessionDataset(sessions, data_pass.layout, Preprocess.from_params(maps.params), maps.input_size,
-                             data_pass.element_ids, raw=on_device)
-    label_code = maps.params.get("label_code")
+    config = plan.config
+    dataset = session_dataset(plan, data_pass, sessions)
+    label_code = plan.maps.params.get("label_code")
     try:
         engine = make_engine(plan, export_model(plan, model), data_pass.element_ids, summaries=False)
         for batch in make_batches(dataset, config.n_proc, config.reader, config.batch_size, plan.device):
