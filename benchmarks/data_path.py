@@ -19,9 +19,10 @@ import time
 import inputs  # before torch: huge pages, as the command sets them
 import torch
 
-from maps_interpret.caps import SessionDataset, make_batches, prefetch
-from maps_interpret.elements import ImageLayout
-from maps_interpret.transforms import Preprocess
+from maps_interpret.data.dataset import SessionDataset
+from maps_interpret.data.batches import make_batches, prefetch
+from maps_interpret.data.elements import ImageLayout
+from maps_interpret.data.transforms import Preprocess
 
 
 def main() -> None:

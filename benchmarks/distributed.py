@@ -38,8 +38,8 @@ def run(command: list[str], cwd: Path, env: dict | None = None) -> float:
 
 def full_size_checkpoint_seconds(repeats: int = 5) -> float:
     """One checkpoint of two models' full-size sums: the snapshot (stack of the engine's sums) and the save."""
-    from maps_interpret.checkpoints import Checkpoint
-    from maps_interpret.partials import Partial
+    from maps_interpret.runner.checkpoints import Checkpoint
+    from maps_interpret.engine.partials import Partial
 
     sums = [torch.rand(1, 1, 169, 208, 179) for _ in range(2)]
     times = []

@@ -18,6 +18,7 @@ import time
 import torch
 
 from maps_interpret.engine import Engine
+from maps_interpret.settings import engine_settings
 from maps_interpret.models.conv import conv5_fc3
 from maps_interpret.models.export import to_torchscript
 from maps_interpret.models.fast import fuse_blocks
@@ -88,11 +89,12 @@ def main() -> None:
                for _ in range(args.iters)]
     fused = fuse_blocks(model)
     variants = {
-        "engine_plain_fp32": lambda: Engine(to_torchscript(model), device=args.device),
-        "engine_fused_fp32": lambda: Engine(to_torchscript(fused), device=args.device),
+        "engine_plain_fp32": lambda: Engine(to_torchscript(model), engine_settings(), device=args.device),
+        "engine_fused_fp32": lambda: Engine(to_torchscript(fused), engine_settings(), device=args.device),
     }
     if pin:
-        variants["engine_fused_bf16"] = lambda: Engine(to_torchscript(fused), device=args.device, amp=torch.bfloat16)
+        variants["engine_fused_bf16"] = lambda: Engine(to_torchscript(fused), engine_settings(amp="bfloat16"),
+                                                         device=args.device)
         torch.backends.cudnn.benchmark = True
     results: dict[str, list[float]] = {name: [] for name in variants}
     if not args.skip_clinicadl:

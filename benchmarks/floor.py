@@ -12,12 +12,13 @@ import time
 import inputs  # before torch: huge pages, as the command sets them
 import torch
 
-from maps_interpret.caps import load_tensor
+from maps_interpret.data.caps import load_tensor
 from maps_interpret.engine import Engine
+from maps_interpret.settings import engine_settings
 from maps_interpret.models import load_model
 from maps_interpret.models.export import to_torchscript
 from maps_interpret.models.fast import fuse_blocks
-from maps_interpret.transforms import Preprocess
+from maps_interpret.data.transforms import Preprocess
 
 
 def main() -> None:
@@ -34,8 +35,8 @@ def main() -> None:
     batches = [images[i:i + args.batch_size] for i in range(0, len(images), args.batch_size)]
     if args.gpu:
         batches = [b.pin_memory() for b in batches]
-    engine = Engine(to_torchscript(fuse_blocks(load_model(maps, maps.model_path(0, "loss")))), device=device,
-                    amp=torch.bfloat16 if args.amp else None)
+    engine = Engine(to_torchscript(fuse_blocks(load_model(maps, maps.model_path(0, "loss")))),
+                    engine_settings(amp="bfloat16" if args.amp else None), device=device)
     for batch in batches[:2]:  # warm-up: TorchScript profiling runs, cuDNN autotuning
         engine.accumulate(batch, [0] * len(batch))
     engine.means()

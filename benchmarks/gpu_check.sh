@@ -33,15 +33,19 @@ import torch
 from maps_interpret import _core
 from maps_interpret.models.conv import conv5_fc3
 from maps_interpret.models.export import to_torchscript
-core = _core.Engine.create(to_torchscript(conv5_fc3((1, 8, 8, 8), output_size=2, dropout=0.0).eval())._c,
-                           _core.EngineOptions())
-print("returned:", repr(core.accumulate(torch.randn(2, 1, 8, 8, 8), [0], False)), flush=True)
+options = _core.EngineOptions()
+options.device = "cuda"
+core = _core.Engine(to_torchscript(conv5_fc3((1, 8, 8, 8), output_size=2, dropout=0.0).eval())._c, options)
+try:  # a C++ error formatting a number, raised across pybind11 (csrc/bindings.cpp)
+    core.accumulate(torch.randn(2, 1, 8, 8, 8), [0], False)
+except _core.EngineError as error:
+    print("raised:", repr(error), flush=True)
 PY
   timeout 20 python3 /tmp/probe.py 2>&1 | tail -3
   if command -v cuda-gdb >/dev/null; then
     timeout 45 cuda-gdb -q -batch -ex run -ex bt -ex "info sharedlibrary" --args python3 /tmp/probe.py \
       > "$OUT/probe.log" 2>&1
-    grep -E "^#|signal|returned" "$OUT/probe.log" | head -30
+    grep -E "^#|signal|raised" "$OUT/probe.log" | head -30
   fi
 fi
 
@@ -51,7 +55,7 @@ PYTEST=(python3 -m pytest -q -p no:cacheprovider -o minversion=1 -W default
         -o "addopts=-ra --strict-markers --import-mode=importlib" -n "${TEST_WORKERS:-8}")
 if step tests; then
   start=$(date +%s)
-  { timeout 150 "${PYTEST[@]}" tests/test_engine.py tests/test_fast.py
+  { timeout 150 "${PYTEST[@]}" tests/test_core.py tests/test_engine.py tests/test_fast.py tests/test_interpreter.py
     timeout 150 "${PYTEST[@]}" -m cuda tests/test_clinicadl_fixture.py; } > "$OUT/tests.log" 2>&1
   echo "tests ($card): $(grep -E '(passed|failed)' "$OUT/tests.log" | tr '\n' ';') in $(( $(date +%s) - start )) s"
   grep -E "^(FAILED|ERROR)|Fatal Python error|Timeout" "$OUT/tests.log" | head -20

@@ -23,7 +23,7 @@ def parser(description: str, batch_size: int) -> argparse.ArgumentParser:
 
 def maps_and_sessions(args: argparse.Namespace):
     """The opened MAPS and the TSV's sessions with their tensor paths."""
-    from maps_interpret.caps import find_sessions
+    from maps_interpret.data.caps import find_sessions
     from maps_interpret.maps import open_maps
 
     maps = open_maps(args.maps)

@@ -21,6 +21,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the command sets it
 import torch  # noqa: E402
 
 from maps_interpret.engine import Engine  # noqa: E402
+from maps_interpret.settings import engine_settings  # noqa: E402
 from maps_interpret.models.conv import conv5_fc3  # noqa: E402
 from maps_interpret.models.export import to_torchscript  # noqa: E402
 from maps_interpret.models.fast import fuse_blocks  # noqa: E402
@@ -48,7 +49,7 @@ def main() -> None:
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, options in variants.items():
-            engine = Engine(model, device=args.device, **options)
+            engine = Engine(model, engine_settings(**options), device=args.device)
             engine.accumulate(images[:args.batch_size], [0] * args.batch_size)  # warm-up: first-call profiling
             start = time.perf_counter()
             for first in range(0, args.images, args.batch_size):

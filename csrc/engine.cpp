@@ -3,7 +3,10 @@
 #include <ATen/Context.h>
 #include <torch/cuda.h>
 
-#include "methods/gradients.h"
+#include <algorithm>
+
+#include "methods/autograd.h"
+#include "methods/noise_tunnel.h"
 
 namespace mi {
 namespace {
@@ -21,16 +24,6 @@ c10::Device parse_device(const std::string& spec) {
   return device;
 }
 
-Method parse_method(const std::string& method) {
-  if (method == "gradients") return Method::kGradients;
-  if (method == "grad-cam") return Method::kGradCam;
-  if (method == "input-x-gradient") return Method::kInputXGradient;
-  if (method == "smoothgrad") return Method::kSmoothGrad;
-  if (method == "integrated-gradients") return Method::kIntegratedGradients;
-  TORCH_CHECK(false, "unknown attribution method '", method, "': use gradients, grad-cam, input-x-gradient, "
-              "smoothgrad or integrated-gradients");
-}
-
 GroupBy parse_group_by(const std::string& group_by) {
   if (group_by == "none") return GroupBy::kNone;
   if (group_by == "given") return GroupBy::kGiven;
@@ -44,12 +37,6 @@ TargetMode parse_target_mode(const std::string& mode) {
   if (mode == "given") return TargetMode::kGiven;
   if (mode == "predicted") return TargetMode::kPredicted;
   TORCH_CHECK(false, "unknown target mode '", mode, "': use node, given or predicted");
-}
-
-CamVariant parse_cam_variant(const std::string& variant) {
-  if (variant == "published") return CamVariant::kPublished;
-  if (variant == "clinicadl") return CamVariant::kClinicaDL;
-  TORCH_CHECK(false, "unknown Grad-CAM variant '", variant, "': use published or clinicadl");
 }
 
 // Process-wide flags: every engine of a run is made with the same options, and the engine owns its process.
@@ -73,35 +60,30 @@ std::optional<c10::ScalarType> parse_amp(const std::string& amp) {
   TORCH_CHECK(false, "unknown amp dtype '", amp, "': use none, bfloat16 or float16");
 }
 
+void check_batch(const at::Tensor& batch) {
+  TORCH_CHECK(batch.dim() >= 3, "a batch must be (B, C, *spatial); got shape ", batch.sizes());
+  TORCH_CHECK(batch.is_floating_point(), "a batch must hold floating-point values, got ", batch.scalar_type());
+}
+
 }  // namespace
 
 Engine::Engine(const torch::jit::Module& model, EngineOptions options)
     : options_(std::move(options)),
       device_(parse_device(options_.device)),
-      method_(parse_method(options_.method)),
       target_mode_(parse_target_mode(options_.target_mode)),
       group_by_(parse_group_by(options_.group_by)),
-      cam_variant_(parse_cam_variant(options_.cam_variant)),
       amp_(parse_amp(options_.amp)),
       model_(model.clone()),  // own copy: moving it to the device leaves the caller's intact
       sums_(options_.statistics),
       subsets_(options_.statistics) {
-  TORCH_CHECK(options_.target >= 0, "target node must be >= 0, got ", options_.target);
-  TORCH_CHECK(options_.n_samples >= 1 && options_.n_steps >= 1 && options_.chunk >= 0,
-              "n_samples and n_steps must be >= 1 and chunk >= 0; got ", options_.n_samples, ", ", options_.n_steps,
-              ", ", options_.chunk);
-  TORCH_CHECK(options_.noise_level >= 0, "the noise level must be >= 0, got ", options_.noise_level);
   if (device_.is_cuda()) set_cuda_policy(options_.deterministic, !amp_.has_value());
   model_.to(device_);
   model_.eval();
   // Frozen weights: autograd then computes the input gradient only, never weight gradients.
   for (auto p : model_.parameters()) p.set_requires_grad(false);
-  if (method_ == Method::kGradCam) {
-    TORCH_CHECK(model_.hasattr("trunk") && model_.hasattr("head"),
-                "grad-cam needs a model with `trunk` (input -> feature map) and `head` (feature map -> outputs) "
-                "submodules");
-    trunk_ = model_.attr("trunk").toModule();
-    head_ = model_.attr("head").toModule();
+  method_ = make_method(options_.method, Network{model_, amp_}, Parameters(options_.parameters, options_.method));
+  if (options_.noise_tunnel) {
+    method_ = noise_tunnel(std::move(method_), Parameters(options_.parameters, "the noise tunnel"));
   }
 }
 
@@ -116,7 +98,6 @@ at::Tensor Engine::targets_for(const at::Tensor& x, const std::vector<int64_t>& 
   switch (target_mode_) {
     case TargetMode::kGiven:
       TORCH_CHECK(static_cast<int64_t>(given.size()) == n, "got ", given.size(), " targets for a batch of ", n);
-      for (auto t : given) TORCH_CHECK_INDEX(t >= 0, "target node ", t, " is out of range");
       return at::tensor(given, at::TensorOptions().dtype(at::kLong)).to(x.device(), /*non_blocking=*/true);
     case TargetMode::kPredicted:
       return predicted;
@@ -127,9 +108,9 @@ at::Tensor Engine::targets_for(const at::Tensor& x, const std::vector<int64_t>& 
 }
 
 std::vector<int64_t> Engine::subset_keys(const std::vector<int64_t>& ids, const std::vector<int64_t>& subsets,
-                                         const std::vector<int64_t>& labels, const at::Tensor& predicted) {
+                                         const std::vector<int64_t>& labels, const at::Tensor& predicted,
+                                         std::vector<int64_t>& groups) const {
   const size_t n = ids.size();
-  std::vector<int64_t> groups;
   if (group_by_ == GroupBy::kGiven) {
     TORCH_CHECK(subsets.size() == n, "got ", subsets.size(), " subsets for a batch of ", n);
     groups = subsets;
@@ -138,74 +119,76 @@ std::vector<int64_t> Engine::subset_keys(const std::vector<int64_t>& ids, const 
     const at::Tensor classes = predicted.cpu();
     const int64_t* p = classes.data_ptr<int64_t>();
     if (group_by_ == GroupBy::kCorrect) TORCH_CHECK(labels.size() == n, "got ", labels.size(), " labels for a batch of ", n);
+    groups.clear();
     for (size_t i = 0; i < n; ++i) {
       groups.push_back(group_by_ == GroupBy::kPredicted ? p[i] : static_cast<int64_t>(p[i] == labels[i]));
     }
   }
-  last_subsets_ = groups;
   std::vector<int64_t> keys;
   for (size_t i = 0; i < n; ++i) {
+    // Element ids below the stride keep the keys of two subsets, and the keys and the element ids, apart.
     TORCH_CHECK(groups[i] >= 0 && ids[i] >= 0 && ids[i] < kSubsetStride, "subset ", groups[i], " or element id ",
                 ids[i], " out of range");
-    keys.push_back(groups[i] * kSubsetStride + ids[i]);
+    keys.push_back((groups[i] + 1) * kSubsetStride + ids[i]);
   }
   return keys;
 }
 
-at::Tensor Engine::compute(const at::Tensor& x, const at::Tensor& targets, const std::vector<int64_t>& seeds) {
-  // The fixed node is checked against the output's width; given and predicted targets are in range by
-  // construction (labels through label_code, checked by the caller; argmax).
-  const int64_t node = target_mode_ == TargetMode::kNode ? options_.target : -1;
-  SampledOptions sampled;
-  sampled.noise_level = options_.noise_level;
-  sampled.baseline = options_.baseline;
-  sampled.chunk = options_.chunk;
-  sampled.seed = options_.seed;
-  switch (method_) {
-    case Method::kGradCam:
-      return grad_cam(*trunk_, *head_, x, targets, amp_, cam_variant_, node);
-    case Method::kInputXGradient:
-      return input_gradients(model_, x, targets, amp_, node).mul_(x);
-    case Method::kSmoothGrad:
-      sampled.copies = options_.n_samples;
-      return smoothgrad(model_, x, targets, amp_, sampled, seeds, node);
-    case Method::kIntegratedGradients:
-      sampled.copies = options_.n_steps;
-      return integrated_gradients(model_, x, targets, amp_, sampled, node);
-    case Method::kGradients:
-      break;
+at::Tensor Engine::compute(const at::Tensor& x, const std::vector<int64_t>& targets, const at::Tensor& predicted,
+                           const std::vector<int64_t>& seeds) {
+  // The node checked against the output's width (which only the model knows): the fixed one, or the largest
+  // given one (a node out of range would be a device-side assertion on CUDA, not an error); predicted
+  // targets are in range by construction (argmax).
+  int64_t node = target_mode_ == TargetMode::kNode ? options_.target : -1;
+  if (target_mode_ == TargetMode::kGiven) {
+    for (const auto t : targets) {
+      TORCH_CHECK_INDEX(t >= 0, "target node ", t, " is out of range: output nodes are 0 or more");
+      node = std::max(node, t);
+    }
   }
-  return input_gradients(model_, x, targets, amp_, node);
+  at::Tensor maps = method_->attribute(x, targets_for(x, targets, predicted), node, seeds);
+  if (options_.abs) maps.abs_();
+  if (options_.count_zeros) {
+    at::Tensor zeros = maps.eq(0).sum();
+    zeros_ = zeros_.defined() ? zeros_.add_(zeros) : zeros;
+    values_ += maps.numel();
+  }
+  return maps;
+}
+
+at::Tensor Engine::attribute(const at::Tensor& batch, const std::vector<int64_t>& targets,
+                             const std::vector<int64_t>& seeds) {
+  check_batch(batch);
+  std::lock_guard<std::mutex> lock(mutex_);
+  const at::Tensor x = batch.to(device_, at::kFloat, /*non_blocking=*/true);
+  const at::Tensor predicted =
+      target_mode_ == TargetMode::kPredicted ? predicted_targets(model_, x, amp_) : at::Tensor();
+  return compute(x, targets, predicted, seeds);
 }
 
 std::optional<at::Tensor> Engine::accumulate(const at::Tensor& batch, const std::vector<int64_t>& ids,
                                              bool return_maps, const std::vector<int64_t>& targets,
                                              const std::vector<int64_t>& seeds, const std::vector<int64_t>& subsets,
                                              const std::vector<int64_t>& labels) {
-  TORCH_CHECK(batch.dim() >= 3, "a batch must be (B, C, *spatial); got shape ", batch.sizes());
+  check_batch(batch);
   TORCH_CHECK(batch.size(0) == static_cast<int64_t>(ids.size()), "got ", ids.size(),
               " element ids for a batch of ", batch.size(0));
-  TORCH_CHECK(batch.is_floating_point(), "a batch must hold floating-point values, got ",
-              batch.scalar_type());
-  std::vector<int64_t> own_seeds = seeds;
-  if (method_ == Method::kSmoothGrad && own_seeds.empty()) {
-    for (size_t i = 0; i < ids.size(); ++i) own_seeds.push_back(static_cast<int64_t>(i));
-  }
   std::lock_guard<std::mutex> lock(mutex_);
   // non_blocking overlaps the copy with compute when the caller pinned the batch.
   // A batch already on the device (preprocessed there) is used as is; a host one is copied here.
-  at::Tensor x = batch.to(device_, at::kFloat, /*non_blocking=*/true);
+  const at::Tensor x = batch.to(device_, at::kFloat, /*non_blocking=*/true);
   const bool need_classes = target_mode_ == TargetMode::kPredicted || group_by_ == GroupBy::kPredicted ||
                             group_by_ == GroupBy::kCorrect;
   const at::Tensor predicted = need_classes ? predicted_targets(model_, x, amp_) : at::Tensor();
-  at::Tensor maps = compute(x, targets_for(x, targets, predicted), own_seeds);
-  if (options_.abs) maps.abs_();
+  // The subsets first: a batch whose subsets are refused adds nothing anywhere.
+  std::vector<int64_t> groups;
+  const std::vector<int64_t> keys =
+      group_by_ == GroupBy::kNone ? std::vector<int64_t>{} : subset_keys(ids, subsets, labels, predicted, groups);
+  at::Tensor maps = compute(x, targets, predicted, seeds);
   sums_.add(maps, ids);
-  if (group_by_ != GroupBy::kNone) subsets_.add(maps, subset_keys(ids, subsets, labels, predicted));
-  if (options_.count_zeros) {
-    at::Tensor zeros = maps.eq(0).sum();
-    zeros_ = zeros_.defined() ? zeros_.add_(zeros) : zeros;
-    values_ += maps.numel();
+  if (group_by_ != GroupBy::kNone) {
+    subsets_.add(maps, keys);
+    last_subsets_ = std::move(groups);
   }
   if (return_maps) return maps;
   return std::nullopt;

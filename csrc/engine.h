@@ -5,43 +5,40 @@
 #include <torch/script.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
-#include "methods/grad_cam.h"
-#include "methods/sampled.h"
+#include "methods/method.h"
 #include "stats.h"
 
 namespace mi {
 
-// As Python sets them; parsed once, by the constructor, into the enums below.
+// As Python sets them; parsed once, by the constructor. Python checks the values' ranges (target >= 0,
+// n_samples >= 1, ...) before it calls in; the engine checks what only it can see (the model's outputs, the
+// devices, the batches).
 struct EngineOptions {
   std::string device = "cpu";   // "cpu", "cuda", "cuda:N"
-  std::string method = "gradients";
-  int64_t target = 0;           // output node whose gradient is taken
+  std::string method = "gradients";  // a registered method (methods/method.h: method_names())
+  // The method's and the noise tunnel's parameters by name (each method file lists the ones it reads).
+  std::map<std::string, ParameterValue> parameters;
+  bool noise_tunnel = false;    // wrap the method in the noise tunnel (methods/noise_tunnel.h)
+  int64_t target = 0;           // output node whose gradient is taken (target_mode node)
+  std::string target_mode = "node";  // node (`target` for every sample), given (per sample), predicted (argmax)
   std::string amp = "none";     // autocast dtype of the forward pass: none, bfloat16, float16
-  std::string cam_variant = "published";  // grad-cam only: published or clinicadl
   bool deterministic = false;   // CUDA: deterministic cuDNN algorithms, no autotuning
   bool count_zeros = false;     // count exactly-zero map values (shows underflow under --amp)
-  std::string target_mode = "node";  // node (`target` for every sample), given (per sample), predicted (argmax)
-  int64_t n_samples = 16;       // smoothgrad: noisy copies per sample
-  double noise_level = 0.1;     // smoothgrad: noise std / each sample's value range
-  int64_t n_steps = 50;         // integrated-gradients: steps of the path integral
-  double baseline = 0.0;        // integrated-gradients: the baseline image's value
-  int64_t chunk = 0;            // smoothgrad, integrated-gradients: rows per forward pass (0: the batch size)
-  int64_t seed = 0;             // smoothgrad: the noise's seed (with each sample's own)
   bool abs = false;             // magnitudes: |map| is what is returned and accumulated
   bool statistics = false;      // also |map| sums and Welford mean/M2 per element (and per subset)
   std::string group_by = "none";  // subsets: none, given (per sample), predicted (class), correct (pred == label)
 };
 
-// Subset statistics are kept under key subset * kSubsetStride + element id.
+// Subset statistics are kept under key (subset + 1) * kSubsetStride + element id: above every element id.
 constexpr int64_t kSubsetStride = int64_t{1} << 20;
 
-enum class Method { kGradients, kGradCam, kInputXGradient, kSmoothGrad, kIntegratedGradients };
 enum class TargetMode { kNode, kGiven, kPredicted };
 enum class GroupBy { kNone, kGiven, kPredicted, kCorrect };
 
@@ -52,10 +49,14 @@ class Engine {
   Engine(const torch::jit::Module& model, EngineOptions options);
   static std::unique_ptr<Engine> from_file(const std::string& path, EngineOptions options);
 
-  // Computes the maps of `batch` (B, C, *spatial), adds each to the running sum of its element id
-  // and returns the maps (on the engine's device) only when asked to.
-  // `targets`: each sample's output node (target_mode given); `seeds`: each sample's own seed (smoothgrad:
-  // what makes its noise independent of its batch).
+  // The maps of `batch` (B, C, *spatial), on the engine's device (|map| with `abs`); no sums are touched
+  // (exactly-zero values are counted with count_zeros). `targets`: each sample's output node (target_mode
+  // given); `seeds`: each sample's own seed (noise tunnel: what makes its noise independent of its batch).
+  at::Tensor attribute(const at::Tensor& batch, const std::vector<int64_t>& targets = {},
+                       const std::vector<int64_t>& seeds = {});
+
+  // `attribute`, then each map added to the running sums of its element id (and of its subset's key);
+  // the maps come back only when asked to.
   // `subsets`: each sample's subset (group_by given); `labels`: each sample's true class (group_by correct).
   std::optional<at::Tensor> accumulate(const at::Tensor& batch, const std::vector<int64_t>& ids,
                                        bool return_maps, const std::vector<int64_t>& targets = {},
@@ -82,20 +83,22 @@ class Engine {
   const EngineOptions& options() const { return options_; }
 
  private:
-  at::Tensor compute(const at::Tensor& x, const at::Tensor& targets, const std::vector<int64_t>& seeds);
+  // The caller holds mutex_.
+  at::Tensor compute(const at::Tensor& x, const std::vector<int64_t>& targets, const at::Tensor& predicted,
+                     const std::vector<int64_t>& seeds);
   at::Tensor targets_for(const at::Tensor& x, const std::vector<int64_t>& given, const at::Tensor& predicted);
+  // Each sample's subset key; `groups` receives each sample's subset.
   std::vector<int64_t> subset_keys(const std::vector<int64_t>& ids, const std::vector<int64_t>& subsets,
-                                   const std::vector<int64_t>& labels, const at::Tensor& predicted);
+                                   const std::vector<int64_t>& labels, const at::Tensor& predicted,
+                                   std::vector<int64_t>& groups) const;
 
   EngineOptions options_;
   c10::Device device_;
-  Method method_;
   TargetMode target_mode_;
   GroupBy group_by_;
-  CamVariant cam_variant_;
   std::optional<c10::ScalarType> amp_;
   torch::jit::Module model_;
-  std::optional<torch::jit::Module> trunk_, head_;  // grad-cam: the model's `trunk` and `head` submodules
+  std::unique_ptr<Method> method_;  // chosen once, from the registry (and wrapped in the noise tunnel)
   ElementSums sums_;
   ElementSums subsets_;
   std::vector<int64_t> last_subsets_;

@@ -52,3 +52,41 @@ def with_trained_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.uniform_(-0.1, 0.1)
     return model.eval()
+
+
+def make_engine(model, device: str = "cpu", element_ids=None, count_zeros=None, **settings):
+    """An engine of `model` (a ScriptModule or a TorchScript path) with settings made from keywords as the
+    in-memory API makes them (settings.engine_settings: method, target, target_mode, parameters...)."""
+    from maps_interpret.engine import Engine
+    from maps_interpret.settings import engine_settings
+
+    return Engine(model, engine_settings(**settings), device=device, element_ids=element_ids, count_zeros=count_zeros)
+
+
+def engine_counts(engine) -> dict[int, int]:
+    """Maps summed per element id so far."""
+    state = engine.state()
+    return dict(zip(state.get("ids", []), state.get("counts", [])))
+
+
+def engine_sums(engine) -> dict[int, torch.Tensor]:
+    """The float32 sum per element id so far."""
+    state = engine.state()
+    return dict(zip(state["ids"], state["sums"].unbind(0))) if state else {}
+
+
+def splitmix(a: int, b: int) -> int:
+    """The core's seed mixing (csrc/methods/noise_tunnel.cpp), to regenerate its noise here."""
+    mask = (1 << 64) - 1
+    z = (a * 0x9E3779B97F4A7C15 + b + 0x632BE59BD9B4E019) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def core_noises(seed: int, sample_seeds: list[int], copies: int, shape, device: str = "cpu") -> list[torch.Tensor]:
+    """The standard normal noise the tunnel draws: copy k of sample i is the k-th draw of a generator (on the
+    device) seeded with splitmix(seed, sample_seeds[i]). Returns one (B, ...) tensor per copy."""
+    generators = [torch.Generator(device=device).manual_seed(splitmix(seed, s)) for s in sample_seeds]
+    per_sample = [[torch.randn(shape, generator=g, device=device) for _ in range(copies)] for g in generators]
+    return [torch.stack([per_sample[i][k] for i in range(len(sample_seeds))]) for k in range(copies)]

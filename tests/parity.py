@@ -67,18 +67,24 @@ def cpu_vendor() -> str:
     return "unknown"
 
 
+# CPU vendors whose AVX-512 kernels round otherwise than Intel's, as the fixture's alternates name them.
+VENDOR_KINDS = {"AuthenticAMD": "AMD"}
+
+
 def cpu_kind() -> str:
-    """The running CPU's kind for the references: its capability, and for AVX-512 also whether it is Intel's.
-    The AVX-512 reference was made on an Intel Xeon; on an AMD EPYC with AVX-512 (Zen 4) oneDNN picks other
-    convolution kernels, and the image MAPS' batch-size-1 maps come out as the AVX2 reference's (measured:
-    1.41e-2 from the AVX-512 one, the gap between the two sets). Such a CPU has no reference of its kind."""
+    """The running CPU's kind for the references: its capability, and for AVX-512 also whose it is. The
+    AVX-512 reference was made on an Intel Xeon; on an AMD EPYC with AVX-512 (Zen 4) oneDNN picks other
+    convolution kernels: the image MAPS' batch-size-1 maps come out as the AVX2 reference's (1.41e-2 from the
+    AVX-512 one) and two patch maps as alternates/avx512-amd's. Its kind is "AVX512AMD" (the folder's name)."""
     capability = cpu_capability()
     vendor = cpu_vendor()
-    return f"{capability}-{vendor}" if capability == "AVX512" and vendor != "GenuineIntel" else capability
+    if capability != "AVX512" or vendor == "GenuineIntel":
+        return capability
+    return capability + VENDOR_KINDS.get(vendor, f"-{vendor}")
 
 
 def reference_sets(fixture: Path, maps_name: str) -> dict[str, Path]:
-    """Kind -> root of the reference MAPS made on that kind."""
+    """Kind -> root of the reference MAPS made on that kind (the primary set first)."""
     sets = {PRIMARY_KIND[maps_name]: fixture / maps_name}
     alternates = fixture / "alternates"
     if alternates.is_dir():
@@ -86,6 +92,19 @@ def reference_sets(fixture: Path, maps_name: str) -> dict[str, Path]:
             if (folder / maps_name).is_dir():
                 sets[folder.name.upper().replace("-", "")] = folder / maps_name
     return sets
+
+
+def reference_files(sets: Mapping[str, Path], relative: str) -> dict[str, Path]:
+    """Kind -> the reference of the map at `relative` in each set. An alternate set may hold only the maps that
+    differ from the primary set's (alternates/README.md: avx512-amd keeps the 2 of 1048 that differ): a map it
+    lacks is, on that kind, the primary one."""
+    primary = next(iter(sets.values()))
+    out = {}
+    for kind, root in sets.items():
+        path = root / relative if (root / relative).is_file() else primary / relative
+        if path.is_file():
+            out[kind] = path
+    return out
 
 
 @dataclass

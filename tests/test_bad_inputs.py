@@ -127,7 +127,7 @@ def test_verbose_shows_the_traceback(demo):
 
 def test_disk_full_while_writing(demo, capsys, monkeypatch):
     """A write that fails (ENOSPC) stops the run with a clear error; nothing partial stays in the MAPS."""
-    from maps_interpret import writers
+    from maps_interpret.output import writers
 
     calls = {"n": 0}
     real = writers.save_tensor

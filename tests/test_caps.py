@@ -7,14 +7,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from maps_interpret.caps import SessionDataset, Session, check_caps, image_tensor_path, prefetch, rebatch
-from maps_interpret.elements import ImageLayout
+from maps_interpret.data.dataset import SessionDataset
+from maps_interpret.data.caps import Session, check_caps, session_files
+from maps_interpret.data.batches import prefetch, rebatch
+from maps_interpret.data.elements import ImageLayout
 from maps_interpret.errors import MapsInterpretError
-from maps_interpret.transforms import Preprocess, min_max, nan_removal, size_reduction
+from maps_interpret.data.transforms import Preprocess, min_max, nan_removal, size_reduction
 
 PREP = {"preprocessing": "t1-linear",
         "file_type": {"pattern": "*space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz"}}
 NAME = "sub-01_ses-M000_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w"
+
+
+def tensor_of(caps, participant, session, prep):
+    """The `.pt` tensor of one session (`session_files` also gives its source NIfTI)."""
+    return session_files(caps, participant, session, prep)[0]
 
 
 def session_dir(caps: Path) -> Path:
@@ -29,10 +36,10 @@ def test_tensor_next_to_the_nifti(tmp_path):
     (folder / "t1_linear" / f"{NAME}.nii.gz").write_bytes(b"")
     tensor = folder / "deeplearning_prepare_data" / "image_based" / "t1_linear" / f"{NAME}.pt"
     with pytest.raises(MapsInterpretError, match="extract the tensors with `clinicadl prepare-data image"):
-        image_tensor_path(tmp_path, "sub-01", "ses-M000", PREP)
+        tensor_of(tmp_path, "sub-01", "ses-M000", PREP)
     tensor.parent.mkdir(parents=True)
     tensor.write_bytes(b"")
-    assert image_tensor_path(tmp_path, "sub-01", "ses-M000", PREP) == tensor
+    assert tensor_of(tmp_path, "sub-01", "ses-M000", PREP) == tensor
 
 
 def test_tensor_only_caps_and_case_insensitive_pattern(tmp_path):
@@ -40,17 +47,17 @@ def test_tensor_only_caps_and_case_insensitive_pattern(tmp_path):
     folder.mkdir(parents=True)
     tensor = folder / f"{NAME.replace('desc-Crop', 'DESC-crop')}.pt"
     tensor.write_bytes(b"")
-    assert image_tensor_path(tmp_path, "sub-01", "ses-M000", PREP) == tensor
+    assert tensor_of(tmp_path, "sub-01", "ses-M000", PREP) == tensor
     (folder.parent / "copy").mkdir()
     (folder.parent / "copy" / f"{NAME}.pt").write_bytes(b"")
     with pytest.raises(MapsInterpretError, match="2 tensors match"):
-        image_tensor_path(tmp_path, "sub-01", "ses-M000", PREP)
+        tensor_of(tmp_path, "sub-01", "ses-M000", PREP)
 
 
 def test_missing_image_and_bids_folder(tmp_path):
     session_dir(tmp_path)
     with pytest.raises(MapsInterpretError, match="no image of sub-01 ses-M000"):
-        image_tensor_path(tmp_path, "sub-01", "ses-M000", PREP)
+        tensor_of(tmp_path, "sub-01", "ses-M000", PREP)
     (tmp_path / "sub-01").mkdir()
     with pytest.raises(MapsInterpretError, match="looks like a BIDS folder"):
         check_caps(tmp_path)
@@ -206,7 +213,7 @@ def test_loader_processes_or_threads_by_free_shared_memory(tmp_path, monkeypatch
     image size: then the sessions are read in threads, same items in the same order."""
     import threading
 
-    from maps_interpret import caps
+    from maps_interpret.data import readers as caps
 
     dataset = SessionDataset(saved_sessions(tmp_path, 9), ImageLayout(), Preprocess(), (1, 5, 6, 7), [0])
     assert dataset.item_bytes == 4 * 5 * 6 * 7
@@ -232,7 +239,7 @@ def test_threaded_reading_stops_when_closed(tmp_path):
     import threading
     import time
 
-    from maps_interpret.caps import _read_in_threads
+    from maps_interpret.data.readers import _read_in_threads
 
     dataset = SessionDataset(saved_sessions(tmp_path, 20), ImageLayout(), Preprocess(), (1, 5, 6, 7), [0])
     stream = _read_in_threads(dataset, 2, depth=4)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maps_interpret import api
+from maps_interpret.runner import run as api
 from maps_interpret.cli import build_parser, main
 from maps_interpret.config import InterpretConfig
 from maps_interpret.errors import MapsInterpretError
@@ -142,7 +142,7 @@ def test_entry_reports_a_failed_flush_of_the_results(status, expected):
     """The console command exits without interpreter teardown; a stdout that cannot be flushed (closed pipe,
     full disk) still fails the run, as Python itself reports it (120), unless it already failed."""
     code = ("import io, sys\n"
-            "from maps_interpret import cli\n"
+            "from maps_interpret.cli import interpret as cli\n"
             f"cli.main = lambda: (print('/maps/split-0/best-loss/test/interpret-x'), {status})[1]\n"
             "class Full(io.StringIO):\n"
             "    def flush(self): raise OSError(28, 'No space left on device')\n"
@@ -154,7 +154,7 @@ def test_entry_reports_a_failed_flush_of_the_results(status, expected):
 def test_readers_threads_processes_and_small_shared_memory_give_the_same_maps(demo, monkeypatch, caplog):
     """-np 2 in threads (default), in processes, and in processes where /dev/shm is too small for them (a
     default container: threads instead): the maps of -np 0."""
-    from maps_interpret import caps
+    from maps_interpret.data import readers as caps
 
     new_group = ["--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps"]
     common = ["--no-gpu", "--save_individual", "--batch_size", "3"]

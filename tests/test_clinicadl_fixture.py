@@ -31,8 +31,8 @@ import pytest
 import torch
 
 from helpers import assert_close_to_reference, fixture_root
-from maps_interpret.space import IMAGE_SPACE
-from parity import AVX2_EMULATION, cpu_capability, cpu_kind, judge, record, reference_sets
+from maps_interpret.output.space import IMAGE_SPACE
+from parity import AVX2_EMULATION, cpu_capability, cpu_kind, judge, record, reference_files, reference_sets
 
 pytestmark = pytest.mark.slow
 ROOT = fixture_root()
@@ -133,8 +133,7 @@ def test_same_files_and_maps_as_clinicadl(fixture_runs, clinicadl_fixture, maps_
         our_map = load(ours / ref_file.name)
         assert our_map.dtype == torch.float32 and not our_map.requires_grad
         assert our_map.untyped_storage().nbytes() == our_map.numel() * 4, "a .pt must hold only its own map"
-        references = {kind: load(root / folder / ref_file.name) for kind, root in sets.items()
-                      if (root / folder / ref_file.name).is_file()}
+        references = {kind: load(path) for kind, path in reference_files(sets, f"{folder}/{ref_file.name}").items()}
         if run == "default" and ref_file in means:
             # ClinicaDL divides the sum over sessions by sessions x elements per image; we by sessions.
             references = {kind: ref * len(means) for kind, ref in references.items()}
@@ -156,12 +155,12 @@ def test_default_grad_cam_is_the_published_method(fixture_runs, maps_name, folde
     """Without --compat, Grad-CAM is Selvaraju et al.'s (all spatial axes pooled, weighted sum, ReLU,
     align_corners=False): each map equals the pure-PyTorch twin on the same elements, the mean is the mean
     over sessions, and both differ from ClinicaDL's variant."""
-    from maps_interpret.caps import SessionDataset
+    from maps_interpret.data.dataset import SessionDataset
     from maps_interpret.cli import build_parser
     from maps_interpret.models import load_model
     from maps_interpret.plan import make_plan
-    from maps_interpret.reference import reference_grad_cam
-    from maps_interpret.transforms import Preprocess
+    from reference import reference_grad_cam
+    from maps_interpret.data.transforms import Preprocess
 
     work = fixture_runs(maps_name, "default")
     split, metric, group, name = folder.replace("interpret-", "").split("/")

@@ -12,9 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
-from maps_interpret.compare import CompareConfig, run
-from maps_interpret.compare_cli import build_parser, main
-from maps_interpret.similarity import pearson, spearman, top_dice
+from maps_interpret.analysis.compare import run
+from maps_interpret.config import CompareConfig
+from maps_interpret.cli.compare import build_parser, main
+from maps_interpret.analysis.similarity import pearson, spearman, top_dice
 
 GROUP, NAME = "test", "grads"
 
@@ -304,10 +305,10 @@ def test_options_parse_with_their_types_and_defaults():
 
 
 def test_help_is_quick_and_imports_neither_torch_nor_matplotlib():
-    code = "import sys, maps_interpret.compare_cli; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
+    code = "import sys, maps_interpret.cli.compare; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.split() == \
         ["False", "False"]
-    result = subprocess.run([sys.executable, "-m", "maps_interpret.compare_cli", "--help"], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "maps_interpret.cli.compare", "--help"], capture_output=True,
                             text=True)
     assert result.returncode == 0
     text = " ".join(result.stdout.split())  # argparse wraps lines

@@ -11,10 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from maps_interpret.caps import DevicePreprocess, Session, SessionDataset, rebatch
-from maps_interpret.elements import ImageLayout, PatchLayout, RoiLayout, SliceLayout
+from maps_interpret.data.device import DevicePreprocess
+from maps_interpret.data.caps import Session
+from maps_interpret.data.dataset import SessionDataset
+from maps_interpret.data.batches import rebatch
+from maps_interpret.data.elements import ImageLayout, PatchLayout, RoiLayout, SliceLayout
 from maps_interpret.errors import MapsInterpretError
-from maps_interpret.transforms import Preprocess
+from maps_interpret.data.transforms import Preprocess
 
 
 def transposed(x: torch.Tensor) -> torch.Tensor:
@@ -177,8 +180,8 @@ def test_pre_extracted_element_is_named_in_errors(tmp_path):
 
 
 def test_storage_order_keeps_the_leading_axis_and_round_trips():
-    from maps_interpret.caps import storage_order
-    from maps_interpret.transforms import copy_contiguous
+    from maps_interpret.data.dataset import storage_order
+    from maps_interpret.data.transforms import copy_contiguous
 
     image = transposed(torch.rand(1, 7, 6, 5)).unsqueeze(0)  # (N=1, C=1, D, H, W), the first spatial axis fastest
     stored, order = storage_order(image)
@@ -196,7 +199,7 @@ def test_storage_order_keeps_the_leading_axis_and_round_trips():
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
 def test_threads_write_each_session_into_its_row_of_the_batch(tmp_path, batch_size):
-    from maps_interpret.caps import batches_in_threads
+    from maps_interpret.data.batches import batches_in_threads
 
     loader, _ = datasets(saved_sessions(tmp_path, 7), ImageLayout(), (1, 12, 10, 9))
     expected = list(rebatch((loader[i] for i in range(len(loader))), batch_size))
@@ -208,7 +211,7 @@ def test_threads_write_each_session_into_its_row_of_the_batch(tmp_path, batch_si
 
 
 def test_threads_report_the_first_failed_session_in_order(tmp_path):
-    from maps_interpret.caps import batches_in_threads
+    from maps_interpret.data.batches import batches_in_threads
 
     constant = {4: lambda image: torch.full_like(image, 2.0), 5: lambda image: torch.full_like(image, 3.0)}
     loader, _ = datasets(saved_sessions(tmp_path, 7, bad=constant), ImageLayout(), (1, 12, 10, 9))
@@ -225,7 +228,7 @@ def test_threads_report_the_first_failed_session_in_order(tmp_path):
 def test_a_shard_starting_inside_a_session_makes_the_whole_runs_batches(tmp_path, reader, raw, name, input_size):
     """make_batches(skip, limit) on the sessions from the shard's first one: exactly the elements [start, stop)
     of the whole run's stream, cut into the whole run's batches (starts are whole batches: api.element_shard)."""
-    from maps_interpret.caps import make_batches
+    from maps_interpret.data.batches import make_batches
 
     batch_size = 4
     loader, raw_set = datasets(saved_sessions(tmp_path, 5), LAYOUTS[name], input_size)

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from helpers import tree_digest
-from maps_interpret.api import element_shard
-from maps_interpret.distributed import shard
+from maps_interpret.runner.run import element_shard
+from maps_interpret.runner.distributed import shard
 from maps_interpret.plan import DataPass
 from maps_interpret.synthetic import PATTERN, build_demo, tensor_path
-from maps_interpret.writers import STAGING_DIRNAME
+from maps_interpret.output.staging import STAGING_DIRNAME
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-6

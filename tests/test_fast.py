@@ -7,12 +7,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import DEVICES, with_trained_batchnorm
-from maps_interpret.engine import Engine, frozen_batch_norm
+from helpers import DEVICES, make_engine, with_trained_batchnorm
+import maps_interpret.engine  # noqa: F401  loading the core registers torch.ops.maps_interpret.*
 from maps_interpret.models.conv import conv4_fc3, conv5_fc3
 from maps_interpret.models.export import to_torchscript
 from maps_interpret.models.fast import ConvPoolBlock, fuse_blocks
-from maps_interpret.reference import reference_gradients
+from reference import reference_gradients
+
+
+def frozen_batch_norm(x: torch.Tensor, norm: torch.nn.Module, alpha: torch.Tensor) -> torch.Tensor:
+    """Eval-mode `norm(x)` (torch's values) whose input gradient is grad * alpha, as models/fast.py calls it."""
+    return torch.ops.maps_interpret.frozen_batch_norm(x, norm.weight, norm.bias, norm.running_mean,
+                                                      norm.running_var, float(norm.eps), alpha)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -45,7 +51,7 @@ def test_fused_model_same_function_and_gradient(builder, size):
     x = torch.randn(3, *size)
     with torch.no_grad():
         assert torch.equal(fused(x), model(x))
-    engine = Engine(to_torchscript(fused), target=1)
+    engine = make_engine(to_torchscript(fused), target=1)
     ours = engine.accumulate(x, [0, 0, 0], return_maps=True)
     plain = reference_gradients(model, x, 1)
     assert (ours - plain).abs().max() <= 1e-5 * plain.abs().max()

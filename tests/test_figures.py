@@ -13,7 +13,7 @@ import torch
 from matplotlib.image import imread
 
 from maps_interpret.cli import main
-from maps_interpret.figures import FIGURES_FILE, INDEX, Figure, colour_scales, draw
+from maps_interpret.output.figures import FIGURES_FILE, INDEX, Figure, colour_scales, draw
 from maps_interpret.synthetic import PATTERN, build_demo
 
 

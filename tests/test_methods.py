@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import DEVICES
+from helpers import DEVICES, core_noises, engine_sums, make_engine
 from maps_interpret.engine import Engine
 from maps_interpret.models.conv import conv5_fc3
 from maps_interpret.models.export import to_torchscript
-from maps_interpret.reference import (reference_gradients, reference_input_x_gradient,
+from reference import (reference_gradients, reference_input_x_gradient,
                                       reference_integrated_gradients, reference_smoothgrad)
 
 SHAPE = (1, 12, 14, 12)
@@ -37,24 +37,7 @@ def batch() -> torch.Tensor:
 
 
 def engine(model, device="cpu", **options) -> Engine:
-    return Engine(to_torchscript(model), device=device, **options)
-
-
-def splitmix(a: int, b: int) -> int:
-    """The core's seed mixing (csrc/methods/sampled.cpp), to regenerate its noise here."""
-    mask = (1 << 64) - 1
-    z = (a * 0x9E3779B97F4A7C15 + b + 0x632BE59BD9B4E019) & mask
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-    return z ^ (z >> 31)
-
-
-def core_noises(seed: int, sample_seeds: list[int], copies: int, shape) -> list[torch.Tensor]:
-    """The standard normal noise the core draws on the CPU: copy k of sample i is the k-th draw of a
-    generator seeded with splitmix(seed, sample_seeds[i])."""
-    generators = [torch.Generator().manual_seed(splitmix(seed, s)) for s in sample_seeds]
-    per_sample = [[torch.randn(shape, generator=g) for _ in range(copies)] for g in generators]
-    return [torch.stack([per_sample[i][k] for i in range(len(sample_seeds))]) for k in range(copies)]
+    return make_engine(to_torchscript(model), device=device, **options)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -80,13 +63,13 @@ def test_smoothgrad_without_noise_is_the_gradient(model, batch):
 
 
 def test_smoothgrad_is_reproducible_whatever_the_batch_or_chunk(model, batch):
-    options = dict(method="smoothgrad", n_samples=3, noise_level=0.1, seed=5, chunk=1)
+    options = dict(method="smoothgrad", n_samples=3, noise_level=0.1, seed=5, chunk_size=1)
     together = engine(model, **options).accumulate(batch, [0, 0, 0], return_maps=True, seeds=[21, 22, 23])
     again = engine(model, **options).accumulate(batch, [0, 0, 0], return_maps=True, seeds=[21, 22, 23])
     alone = engine(model, **options).accumulate(batch[1:2], [0], return_maps=True, seeds=[22])
     assert torch.equal(together, again)
     assert torch.equal(together[1], alone[0])  # one row per forward: the same computation, bit for bit
-    chunked = engine(model, **{**options, "chunk": 4}).accumulate(batch, [0, 0, 0], return_maps=True,
+    chunked = engine(model, **{**options, "chunk_size": 4}).accumulate(batch, [0, 0, 0], return_maps=True,
                                                                  seeds=[21, 22, 23])
     assert close(chunked, together)
     other = engine(model, **{**options, "seed": 6}).accumulate(batch, [0, 0, 0], return_maps=True,
@@ -96,7 +79,7 @@ def test_smoothgrad_is_reproducible_whatever_the_batch_or_chunk(model, batch):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_integrated_gradients_equals_its_twin(model, batch, device):
-    maps = engine(model, device, method="integrated-gradients", n_steps=6, baseline=0.1, chunk=4).accumulate(
+    maps = engine(model, device, method="integrated-gradients", n_steps=6, baseline=0.1, chunk_size=4).accumulate(
         batch, [0, 0, 0], return_maps=True)
     assert close(maps, reference_integrated_gradients(model.to(device), batch.to(device), 0, 6, baseline=0.1))
 
@@ -122,10 +105,10 @@ def test_integrated_gradients_are_complete():
     scripted = torch.jit.script(net)
     with torch.no_grad():
         gap = net(x)[:, 1] - net(torch.zeros_like(x))[:, 1]
-    sums = Engine(scripted, method="integrated-gradients", target=1, n_steps=64).accumulate(
+    sums = make_engine(scripted, method="integrated-gradients", target=1, n_steps=64).accumulate(
         x, [0, 0], return_maps=True).flatten(1).sum(1)
     assert ((sums - gap).abs() <= 5e-3 * gap.abs()).all(), (sums, gap)
-    coarse = Engine(scripted, method="integrated-gradients", target=1, n_steps=1).accumulate(
+    coarse = make_engine(scripted, method="integrated-gradients", target=1, n_steps=1).accumulate(
         x, [0, 0], return_maps=True).flatten(1).sum(1)
     assert ((coarse - gap).abs() > 5e-3 * gap.abs()).any()
 
@@ -152,16 +135,21 @@ def test_abs_accumulates_magnitudes(model, batch):
     magnitude = engine(model, abs=True)
     maps = magnitude.accumulate(batch, [0, 0, 0], return_maps=True)
     assert torch.equal(maps, signed.abs())
-    assert torch.equal(magnitude.sums()[0], maps[0] + maps[1] + maps[2])
+    assert torch.equal(engine_sums(magnitude)[0], maps[0] + maps[1] + maps[2])
 
 
 def test_bad_method_options_are_one_line_errors(model):
-    from maps_interpret.engine import EngineError
-
-    with pytest.raises(EngineError, match="n_samples and n_steps must be >= 1"):
-        engine(model, method="smoothgrad", n_samples=0)
-    with pytest.raises(EngineError, match="unknown target mode"):
-        engine(model, target_mode="best")
+    """Each value is checked once, where the settings are made (the method table's ranges)."""
+    for options, message in ((dict(method="smoothgrad", n_samples=0), "--n_samples must be at least 1, got 0"),
+                             (dict(method="integrated-gradients", chunk_size=-1), "--chunk_size must be 0 or more"),
+                             (dict(noise_level=-0.5), "--noise_level must be 0 or more, got -0.5"),
+                             (dict(target_mode="best"), "target mode 'best' is not one of node, given, predicted"),
+                             (dict(group_by="age"), "group_by 'age' is not one of"),
+                             (dict(n_sample=3), "unknown method parameter 'n_sample'"),
+                             (dict(method="smoothgrad", noise_tunnel=True), "smoothgrad already averages"),
+                             (dict(target=-1), "--target_node must be 0 or more")):
+        with pytest.raises(ValueError, match=message):
+            engine(model, **options)
 
 
 # -- the command -----------------------------------------------------------------------------------------------

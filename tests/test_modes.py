@@ -14,8 +14,8 @@ from helpers import assert_close_to_reference
 from maps_interpret.cli import main
 from maps_interpret.maps import open_maps
 from maps_interpret.models import load_model
-from maps_interpret.reference import ReferenceEngine
-from maps_interpret.space import IMAGE_SPACE, to_image
+from reference import ReferenceEngine
+from maps_interpret.output.space import IMAGE_SPACE, to_image
 from maps_interpret.synthetic import PATTERN, build_demo, tensor_path
 
 SHAPE = (20, 22, 18)
@@ -147,7 +147,7 @@ def test_maps_names_and_means(mode_maps, tmp_path, monkeypatch, method):
 
 
 def open_plan_layout(root: Path):
-    from maps_interpret.elements import layout_for
+    from maps_interpret.data.elements import layout_for
 
     maps = open_maps(root / "maps")
     return layout_for(maps.params["preprocessing_dict"], root / "data" / "caps")
@@ -172,7 +172,7 @@ def test_preprocessing_on_the_device_gives_the_loaders_maps(mode_maps, tmp_path,
 
 
 def test_element_file_names_follow_clinicadl(tmp_path):
-    from maps_interpret.elements import PatchLayout, RoiLayout, SliceLayout
+    from maps_interpret.data.elements import PatchLayout, RoiLayout, SliceLayout
 
     image = Path("caps/subjects/sub-01/ses-M000/deeplearning_prepare_data/image_based/t1_linear/"
                  "sub-01_ses-M000_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.pt")

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from helpers import fixture_root
-from parity import Comparison, cpu_capability, judge, reference_sets
+from parity import Comparison, cpu_capability, judge, reference_files, reference_sets
 
 VALIDATION = "split-0/best-loss/validation/interpret-gradients_validation"
 
@@ -77,7 +77,7 @@ def test_clinicadl_against_itself_across_kinds(clinicadl_fixture):
     sets = reference_sets(clinicadl_fixture, "maps_image_cls")
     assert set(sets) == {"AVX512", "AVX2"}
     assert set(reference_sets(clinicadl_fixture, "maps_slice_reg")) == {"AVX2"}
-    assert set(reference_sets(clinicadl_fixture, "maps_patch_cls")) == {"AVX2"}
+    assert set(reference_sets(clinicadl_fixture, "maps_patch_cls")) == {"AVX2", "AVX512AMD"}
     for name in ("mean_image-0_map.pt", "sub-TR07_ses-M000_image-0_map.pt"):
         maps = {kind: torch.load(root / VALIDATION / name, weights_only=True) for kind, root in sets.items()}
         for kind, ours in maps.items():
@@ -90,10 +90,31 @@ def test_clinicadl_against_itself_across_kinds(clinicadl_fixture):
 
 
 def test_reference_sets_found_by_kind(tmp_path):
-    for folder in ("maps_image_cls", "alternates/avx2/maps_image_cls", "alternates/neon/maps_other"):
+    for folder in ("maps_image_cls", "alternates/avx2/maps_image_cls", "alternates/neon/maps_other",
+                   "alternates/avx512-amd/maps_image_cls"):
         (tmp_path / folder).mkdir(parents=True)
-    assert reference_sets(tmp_path, "maps_image_cls") == {"AVX512": tmp_path / "maps_image_cls",
-                                                          "AVX2": tmp_path / "alternates/avx2/maps_image_cls"}
+    sets = reference_sets(tmp_path, "maps_image_cls")
+    assert sets == {"AVX512": tmp_path / "maps_image_cls", "AVX2": tmp_path / "alternates/avx2/maps_image_cls",
+                    "AVX512AMD": tmp_path / "alternates/avx512-amd/maps_image_cls"}
+    for root, name in ((sets["AVX512"], "a.pt"), (sets["AVX512"], "b.pt"), (sets["AVX2"], "a.pt"),
+                       (sets["AVX512AMD"], "b.pt")):
+        (root / name).write_bytes(b"")
+    # A partial alternate set: the maps it lacks are the primary set's on its kind.
+    assert reference_files(sets, "a.pt") == {"AVX512": sets["AVX512"] / "a.pt", "AVX2": sets["AVX2"] / "a.pt",
+                                             "AVX512AMD": sets["AVX512"] / "a.pt"}
+    assert reference_files(sets, "b.pt") == {"AVX512": sets["AVX512"] / "b.pt", "AVX2": sets["AVX512"] / "b.pt",
+                                             "AVX512AMD": sets["AVX512AMD"] / "b.pt"}
+
+
+def test_cpu_kind_names_the_vendor_of_avx512(monkeypatch):
+    import parity
+
+    monkeypatch.setattr(parity, "cpu_capability", lambda: "AVX512")
+    for vendor, kind in (("GenuineIntel", "AVX512"), ("AuthenticAMD", "AVX512AMD"), ("HygonGenuine", "AVX512-HygonGenuine")):
+        monkeypatch.setattr(parity, "cpu_vendor", lambda vendor=vendor: vendor)
+        assert parity.cpu_kind() == kind
+    monkeypatch.setattr(parity, "cpu_capability", lambda: "AVX2")
+    assert parity.cpu_kind() == "AVX2"
 
 
 @pytest.mark.skipif(cpu_capability() != "AVX512", reason="needs an AVX-512 CPU to limit torch to AVX2")

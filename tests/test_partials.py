@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maps_interpret.engine import Engine
+from helpers import make_engine
+
 from maps_interpret.models.conv import conv5_fc3
 from maps_interpret.models.export import to_torchscript
-from maps_interpret.partials import Partial, merge_all
+from maps_interpret.engine.partials import Partial, merge_all
 
 
 def random_partial(ids, seed, shape=(1, 3, 4)):
@@ -34,12 +35,12 @@ def test_means_of_merged_shards_match_one_engine_within_summation_order():
     torch.manual_seed(0)
     model = to_torchscript(conv5_fc3((1, 12, 14, 12), output_size=2, dropout=0.0).eval())
     batches = [torch.randn(2, 1, 12, 14, 12) for _ in range(6)]
-    whole = Engine(model, element_ids=[0])
+    whole = make_engine(model, element_ids=[0])
     for batch in batches:
         whole.accumulate(batch, [0, 0])
     shards = []
     for part in (batches[:2], batches[2:5], batches[5:]):
-        engine = Engine(model, element_ids=[0])
+        engine = make_engine(model, element_ids=[0])
         for batch in part:
             engine.accumulate(batch, [0, 0])
         shards.append(Partial.of_engine(engine))
@@ -49,7 +50,7 @@ def test_means_of_merged_shards_match_one_engine_within_summation_order():
     assert torch.equal(one.means()[0], whole.means()[0])  # the engine's own division, bit for bit
     scale = whole.means()[0].abs().max()
     assert (merged.means()[0] - whole.means()[0]).abs().max() <= 1e-6 * scale
-    assert Partial.of_engine(Engine(model)).sums is None  # nothing accumulated: an empty partial
+    assert Partial.of_engine(make_engine(model)).sums is None  # nothing accumulated: an empty partial
 
 
 def test_state_round_trips_and_refuses_inconsistent_files(tmp_path):

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from maps_interpret.errors import MapsInterpretError
-from maps_interpret.participants import load_participants
+from maps_interpret.plan.participants import load_participants
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 CELL = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=12)
@@ -52,10 +52,10 @@ PREP_KEYS = ["mode", "patch_size", "stride_size", "slice_direction", "slice_mode
 @given(changes=st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=4),
        prep_changes=st.dictionaries(st.sampled_from(PREP_KEYS), VALUES, max_size=3))
 def test_any_maps_json_plans_or_fails_cleanly(synthetic_demo, tmp_path, changes, prep_changes):
-    from maps_interpret.elements import layout_for
+    from maps_interpret.data.elements import layout_for
     from maps_interpret.maps import open_maps
     from maps_interpret.models import check_weights, output_count
-    from maps_interpret.transforms import Preprocess
+    from maps_interpret.data.transforms import Preprocess
 
     maps_dir = tmp_path / "maps"
     if not maps_dir.exists():

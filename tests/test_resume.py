@@ -20,7 +20,7 @@ import torch
 
 from helpers import tree_digest
 from maps_interpret.synthetic import build_demo
-from maps_interpret.writers import STAGING_DIRNAME
+from maps_interpret.output.staging import STAGING_DIRNAME
 
 pytestmark = pytest.mark.slow
 TOLERANCE = 1e-6

@@ -14,11 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers import with_trained_batchnorm
-from maps_interpret import sanity
-from maps_interpret.api import run
+from helpers import make_engine, with_trained_batchnorm
+from maps_interpret.analysis import sanity
+from maps_interpret.runner.run import run
 from maps_interpret.config import InterpretConfig
-from maps_interpret.engine import Engine
 from maps_interpret.errors import MapsInterpretError
 from maps_interpret.models.conv import conv5_fc3
 from maps_interpret.models.export import to_torchscript
@@ -66,7 +65,7 @@ def images() -> torch.Tensor:
 
 def mean_maps(model: nn.Module) -> dict[int, torch.Tensor]:
     """The engine's gradients mean over three images (element 0)."""
-    engine = Engine(to_torchscript(model), method="gradients")
+    engine = make_engine(to_torchscript(model), method="gradients")
     engine.accumulate(images(), [0, 0, 0])
     return engine.means()
 

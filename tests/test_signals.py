@@ -13,7 +13,7 @@ import pytest
 
 from helpers import tree_digest
 from maps_interpret.synthetic import build_demo
-from maps_interpret.writers import STAGING_DIRNAME
+from maps_interpret.output.staging import STAGING_DIRNAME
 
 pytestmark = pytest.mark.slow
 COMMAND = ["maps", "test", "x", "--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps",

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from maps_interpret.similarity import pearson, ranks, spearman, top_dice, top_mask
+from maps_interpret.analysis.similarity import pearson, ranks, spearman, top_dice, top_mask
 
 VALUES = st.lists(st.integers(-3, 3).map(float), min_size=2, max_size=40)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from maps_interpret.synthetic import build_demo
-from maps_interpret.writers import STAGING_DIRNAME
+from maps_interpret.output.staging import STAGING_DIRNAME
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]

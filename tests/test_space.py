@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from maps_interpret.cli import main
-from maps_interpret.elements import ImageLayout, PatchLayout, RoiLayout, SliceLayout
-from maps_interpret.space import IMAGE_SPACE, Placement, Reference, to_image, to_image_voxels
+from maps_interpret.data.elements import ImageLayout, PatchLayout, RoiLayout, SliceLayout
+from maps_interpret.output.space import IMAGE_SPACE, Placement, Reference, to_image, to_image_voxels
 from maps_interpret.synthetic import PATTERN, build_demo, nifti_path, source_affine
-from maps_interpret.transforms import size_reduction
+from maps_interpret.data.transforms import size_reduction
 
 SHAPE = (20, 22, 18)
 

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from maps_interpret.engine import SUBSET_STRIDE as CORE_STRIDE
+from helpers import make_engine
 from maps_interpret.engine import Engine
-from maps_interpret.partials import SUBSET_STRIDE, Partial, merge_all, subset_key
+from maps_interpret.engine.partials import SUBSET_STRIDE, Partial, merge_all, split_key
 
 
 class Echo(nn.Module):
@@ -26,7 +27,7 @@ class Echo(nn.Module):
 
 
 def echo(**options) -> Engine:
-    return Engine(torch.jit.script(Echo()), statistics=True, **options)
+    return make_engine(torch.jit.script(Echo()), statistics=True, **options)
 
 
 def two_pass(maps: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -96,7 +97,8 @@ def test_subsets_given_predicted_and_correct():
                   "correct": [int(p == label) for p, label in zip(predicted, labels)]}[group_by]
         for subset in sorted(set(groups)):
             rows = [i for i, s in enumerate(groups) if s == subset]
-            assert_statistics(partial, subset_key(subset, 0), maps[rows])
+            assert_statistics(partial, (subset + 1) * SUBSET_STRIDE, maps[rows])
+            assert split_key((subset + 1) * SUBSET_STRIDE + 3) == (subset, 3)
 
 
 def test_a_single_map_has_zero_deviation_not_nan():

@@ -7,7 +7,8 @@ import os
 import pytest
 import torch
 
-from maps_interpret import writers
+from maps_interpret.output import writers
+from maps_interpret.output.staging import STAGING_DIRNAME, Staging
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
@@ -44,29 +45,29 @@ def test_nifti_is_float32(tmp_path):
 
 def test_staging_publish_and_replace(tmp_path):
     final = tmp_path / "split-0" / "best-loss" / "test" / "interpret-x"
-    staging = writers.Staging(tmp_path, "test-x")
+    staging = Staging(tmp_path, "test-x")
     assert staging.open(keep_checkpoint=False, discard_checkpoint=False) is False
     first = staging.job_dir(0, 0)
     (first / "a.pt").write_text("1")
-    writers.Staging.publish(first, final, replace=False)
+    Staging.publish(first, final, replace=False)
     second = staging.job_dir(0, 1)
     (second / "b.pt").write_text("2")
     with pytest.raises(FileExistsError):
-        writers.Staging.publish(second, final, replace=False)
-    writers.Staging.publish(second, final, replace=True)
+        Staging.publish(second, final, replace=False)
+    Staging.publish(second, final, replace=True)
     staging.close(keep=False)
     assert [p.name for p in final.iterdir()] == ["b.pt"]
     assert sorted(p.name for p in final.parent.iterdir()) == ["interpret-x"]
-    assert not (tmp_path / writers.STAGING_DIRNAME).exists()
+    assert not (tmp_path / STAGING_DIRNAME).exists()
 
 
 def test_a_run_folder_is_held_by_one_run_at_a_time(tmp_path):
     """The flock on <key>.lock: a second run of the same group and NAME is refused while the first runs."""
-    first = writers.Staging(tmp_path, "test-x")
+    first = Staging(tmp_path, "test-x")
     first.open(keep_checkpoint=False, discard_checkpoint=False)
     with pytest.raises(FileExistsError, match="in use by another run"):
-        writers.Staging(tmp_path, "test-x").open(keep_checkpoint=False, discard_checkpoint=False)
-    other = writers.Staging(tmp_path, "test-y")  # another NAME: its own folder; the live one is left alone
+        Staging(tmp_path, "test-x").open(keep_checkpoint=False, discard_checkpoint=False)
+    other = Staging(tmp_path, "test-y")  # another NAME: its own folder; the live one is left alone
     other.open(keep_checkpoint=False, discard_checkpoint=False)
     assert first.run_dir.is_dir()
     other.close(keep=False)
@@ -75,16 +76,16 @@ def test_a_run_folder_is_held_by_one_run_at_a_time(tmp_path):
 
 
 def test_folders_of_killed_runs_go_unless_they_hold_a_checkpoint(tmp_path):
-    root = tmp_path / writers.STAGING_DIRNAME
+    root = tmp_path / STAGING_DIRNAME
     for key in ("test-killed", "test-interrupted"):
         (root / key).mkdir(parents=True)
         (root / f"{key}.lock").write_text("")  # nobody holds it: the runs are gone
     (root / "test-interrupted" / "checkpoint-0.json").write_text("{}")
-    staging = writers.Staging(tmp_path, "test-new")
+    staging = Staging(tmp_path, "test-new")
     staging.open(keep_checkpoint=False, discard_checkpoint=False)
     assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["test-interrupted", "test-new"]
     staging.close(keep=False)
-    resumed = writers.Staging(tmp_path, "test-interrupted")
+    resumed = Staging(tmp_path, "test-interrupted")
     with pytest.raises(FileExistsError, match="add --continue to resume it, or --overwrite_name"):
         resumed.open(keep_checkpoint=False, discard_checkpoint=False)
     assert resumed.open(keep_checkpoint=True, discard_checkpoint=False) is True
@@ -105,7 +106,7 @@ def test_remove_tree(tmp_path):
 
 
 def test_nifti_layout_of_maps():
-    from maps_interpret.writers import nifti_array
+    from maps_interpret.output.writers import nifti_array
 
     assert nifti_array(torch.zeros(1, 4, 5, 6)).shape == (4, 5, 6)
     assert nifti_array(torch.zeros(1, 4, 5)).shape == (4, 5)

@@ -1,12 +1,28 @@
-#include "methods/grad_cam.h"
-
+// Grad-CAM: class activation maps from the gradient of one output node w.r.t. a feature map. The model must
+// have `trunk` (input -> feature map) and `head` (feature map -> outputs) submodules
+// (models/export.py: to_torchscript_cam). Parameter: variant, "published" or "clinicadl".
 #include <torch/csrc/autograd/autograd.h>
 
 #include "autocast.h"
-#include "methods/gradients.h"
+#include "methods/autograd.h"
+#include "methods/method.h"
 
 namespace mi {
+namespace {
 
+enum class CamVariant {
+  kPublished,  // Selvaraju et al.: channel weights = gradient mean over all spatial axes, weighted sum, ReLU
+  kClinicaDL,  // ClinicaDL 1.6.1: mean over the first two spatial axes only, mean over channels, no ReLU
+};
+
+CamVariant parse_variant(const std::string& variant) {
+  if (variant == "published") return CamVariant::kPublished;
+  if (variant == "clinicadl") return CamVariant::kClinicaDL;
+  TORCH_CHECK(false, "unknown Grad-CAM variant '", variant, "': use published or clinicadl");
+}
+
+// `targets` (B,) int64 the output node of each sample. Returns (B, 1, *spatial) float32 maps upsampled to the
+// input grid (trilinear/bilinear; align_corners=false for kPublished, true for kClinicaDL as ClinicaDL does).
 at::Tensor grad_cam(torch::jit::Module& trunk, torch::jit::Module& head, const at::Tensor& batch,
                     const at::Tensor& targets, std::optional<c10::ScalarType> amp, CamVariant variant,
                     int64_t node) {
@@ -55,5 +71,33 @@ at::Tensor grad_cam(torch::jit::Module& trunk, torch::jit::Module& head, const a
   }
   return at::upsample_bilinear2d(cam, size, align_corners, std::nullopt, std::nullopt);
 }
+
+class GradCam : public Method {
+ public:
+  GradCam(const Network& network, const Parameters& parameters)
+      : variant_(parse_variant(parameters.text("variant"))), amp_(network.amp) {
+    TORCH_CHECK(network.model.hasattr("trunk") && network.model.hasattr("head"),
+                "grad-cam needs a model with `trunk` (input -> feature map) and `head` (feature map -> outputs) "
+                "submodules");
+    trunk_ = network.model.attr("trunk").toModule();
+    head_ = network.model.attr("head").toModule();
+  }
+
+  at::Tensor attribute(const at::Tensor& x, const at::Tensor& targets, int64_t node,
+                       const std::vector<int64_t>& /*seeds*/) override {
+    return grad_cam(trunk_, head_, x, targets, amp_, variant_, node);
+  }
+
+ private:
+  CamVariant variant_;
+  std::optional<c10::ScalarType> amp_;
+  torch::jit::Module trunk_, head_;
+};
+
+}  // namespace
+
+MI_REGISTER_METHOD("grad-cam", [](const Network& network, const Parameters& parameters) {
+  return std::make_unique<GradCam>(network, parameters);
+})
 
 }  // namespace mi

@@ -1,3 +1,3 @@
-from .cli import entry
+from .cli.interpret import entry
 
 entry()

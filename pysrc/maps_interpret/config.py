@@ -1,9 +1,12 @@
-"""The command's options: one dataclass, shared by the CLI and the Python API (``api.run``).
+"""The commands' options: one dataclass each (`InterpretConfig`, `CompareConfig`), shared by the CLI and the
+Python API (``maps_interpret.run``, ``analysis.compare.run``), and their checks that need no file.
 
 Spellings follow ClinicaDL 1.6.1's ``clinicadl interpret`` so existing command lines work by swapping the
 program name. ``field(metadata=...)`` holds what argparse-dataclass turns into options; ``action`` is an
-addition of ``cli.py`` (repeatable options and ``--x/--no-x`` pairs). No ``from __future__ import
-annotations`` here: argparse-dataclass reads the field types as objects.
+addition of cli/common.py (repeatable options and ``--x/--no-x`` pairs). The methods and their parameters come
+from the method table (methods.py): one field and option per parameter. The plan (plan/plan.py) turns an
+InterpretConfig into typed settings (settings.py); nothing after it reads the config. No ``from __future__
+import annotations`` here: argparse-dataclass reads the field types as objects.
 """
 
 
@@ -12,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-METHODS = ("gradients", "grad-cam", "input-x-gradient", "smoothgrad", "integrated-gradients")
+from . import methods
+from .errors import UsageError
+from .names import check_name
+
 TARGETS = ("label", "predicted")
 COMPAT = ("clinicadl",)
 PREPROCESS_ON = ("auto", "loader", "device")
@@ -30,11 +36,27 @@ def target_node(text: str):
         raise argparse.ArgumentTypeError(f"expected an output node (0, 1, ...), label or predicted; got {text!r}")
 
 
-def _opt(*args: str, help: str, **extra) -> dict:  # also used by compare.py
+def _opt(*args: str, help: str, **extra) -> dict:
     return {"args": list(args), "help": help, **extra}
 
 
+def _with_method_parameters(cls):
+    """One field (and option) per parameter of the method table, after `noise_tunnel`: a method with a new
+    parameter needs no change here."""
+    annotations = {}
+    for key, value in cls.__annotations__.items():
+        annotations[key] = value
+        if key == "noise_tunnel":
+            for parameter in methods.PARAMETERS.values():
+                annotations[parameter.name] = Optional[parameter.type] if parameter.optional else parameter.type
+                setattr(cls, parameter.name, field(default=parameter.default, metadata=_opt(
+                    f"--{parameter.name}", type=parameter.type, metavar=parameter.metavar, help=parameter.help)))
+    cls.__annotations__ = annotations
+    return cls
+
+
 @dataclass
+@_with_method_parameters
 class InterpretConfig:
     input_maps_directory: Path = field(metadata=_opt(
         "input_maps_directory", metavar="INPUT_MAPS_DIRECTORY", type=Path,
@@ -46,9 +68,8 @@ class InterpretConfig:
     name: str = field(metadata=_opt(
         "name", metavar="NAME", help="Name of the interpretation: maps go to <split>/best-<metric>/"
                                      "<DATA_GROUP>/interpret-<NAME>/."))
-    method: str = field(default="gradients", metadata=_opt(
-        "method", metavar="METHOD", nargs="?", type=str, choices=METHODS,
-        help="Attribution method: gradients (default) or grad-cam."))
+    method: str = field(default=methods.DEFAULT_METHOD, metadata=_opt(
+        "method", metavar="METHOD", nargs="?", type=str, choices=list(methods.METHODS), help=methods.help_text()))
     selection_metrics: list[str] = field(default_factory=lambda: list(DEFAULT_SELECTION_METRICS), metadata=_opt(
         "--selection_metrics", action="append", metavar="METRIC",
         help="Load the model of best-<METRIC>; repeat for several (default: loss)."))
@@ -67,22 +88,9 @@ class InterpretConfig:
         help="Output node whose attribution is mapped: an integer (default: 0; the only form for regression), "
              "`label` (each session's true class, from the group's TSV through label_code) or `predicted` "
              "(each session's argmax)."))
-    n_samples: int = field(default=16, metadata=_opt(
-        "--n_samples", type=int, metavar="N", help="smoothgrad: noisy copies of each image (default: 16)."))
-    noise_level: float = field(default=0.1, metadata=_opt(
-        "--noise_level", type=float, metavar="F",
-        help="smoothgrad: the noise's standard deviation as a fraction of each image's value range (default: 0.1)."))
-    n_steps: int = field(default=50, metadata=_opt(
-        "--n_steps", type=int, metavar="N", help="integrated-gradients: steps from the baseline (default: 50)."))
-    baseline: float = field(default=0.0, metadata=_opt(
-        "--baseline", type=float, metavar="F",
-        help="integrated-gradients: the baseline image's constant value (default: 0, a black image)."))
-    chunk_size: int = field(default=0, metadata=_opt(
-        "--chunk_size", type=int, metavar="N",
-        help="smoothgrad, integrated-gradients: copies per forward pass, the memory of one (default: --batch_size)."))
-    seed: int = field(default=0, metadata=_opt(
-        "--seed", type=int, metavar="N", help="smoothgrad: seed of the noise (default: 0); the same seed gives the "
-                                               "same maps whatever the batches, ranks or parts."))
+    noise_tunnel: bool = field(default=False, metadata=_opt(
+        "--noise_tunnel", help="Average the method's maps over --n_samples noisy copies of each image (SmoothGrad's "
+                               "noise, as Captum's NoiseTunnel wraps any method); smoothgrad is gradients with it."))
     abs: bool = field(default=False, metadata=_opt(
         "--abs", help="Take each map's magnitude before it is written and accumulated (signs no longer cancel)."))
     statistics: bool = field(default=False, metadata=_opt(
@@ -123,10 +131,6 @@ class InterpretConfig:
         "--sanity_sessions", type=int, metavar="N",
         help="--sanity_check: the mean maps of the randomised models are computed over the group's first N "
              "sessions (default: 0, every session; each randomised layer costs one pass over them)."))
-    level_grad_cam: Optional[int] = field(default=None, metadata=_opt(
-        "--level_grad_cam", type=int, metavar="INT",
-        help="Grad-CAM: the feature map is taken after this many modules of the network's `convolutions` "
-             "(default: after all of them)."))
     deterministic: bool = field(default=False, metadata=_opt(
         "--deterministic", help="GPU: deterministic cuDNN algorithms, no autotuning (slower; same maps every run)."))
     compat: Optional[str] = field(default=None, metadata=_opt(
@@ -174,12 +178,8 @@ class InterpretConfig:
 
 
 def validate(config: InterpretConfig) -> None:
-    """Checks the options that need no file: raises UsageError (exit status 2) on the first problem."""
-    from .errors import UsageError
-    from .names import check_name
-
-    if config.method not in METHODS:
-        raise UsageError(f"METHOD '{config.method}' is not supported: choose one of {', '.join(METHODS)}")
+    """Checks the options that need no file, but the method's (settings.engine_settings checks those): raises
+    UsageError (exit status 2) on the first problem."""
     check_name(config.data_group, "DATA_GROUP", UsageError)
     check_name(config.name, "NAME", UsageError)
     for metric in config.selection_metrics:
@@ -188,15 +188,6 @@ def validate(config: InterpretConfig) -> None:
         raise UsageError(f"--batch_size must be at least 1, got {config.batch_size}")
     if config.n_proc < 0:
         raise UsageError(f"-np/--n_proc must be 0 (load in the main process) or more, got {config.n_proc}")
-    if isinstance(config.target_node, int) and config.target_node < 0:
-        raise UsageError(f"--target_node must be 0 or more, got {config.target_node}")
-    if config.n_samples < 1 or config.n_steps < 1 or config.chunk_size < 0:
-        raise UsageError("--n_samples and --n_steps must be at least 1 and --chunk_size 0 or more; got "
-                         f"{config.n_samples}, {config.n_steps}, {config.chunk_size}")
-    if config.noise_level < 0:
-        raise UsageError(f"--noise_level must be 0 or more, got {config.noise_level}")
-    if config.level_grad_cam is not None and config.level_grad_cam < 1:
-        raise UsageError(f"--level_grad_cam must be at least 1, got {config.level_grad_cam}")
     if config.checkpoint_every < 0:
         raise UsageError(f"--checkpoint_every must be 0 (only on signals) or more, got {config.checkpoint_every}")
     if config.num_parts < 1:
@@ -215,3 +206,86 @@ def validate(config: InterpretConfig) -> None:
         raise UsageError(f"--sanity_sessions must be 0 (every session) or more, got {config.sanity_sessions}")
     if config.amp and not config.gpu:
         raise UsageError("--amp needs the GPU: remove --amp or --no-gpu")
+
+
+def method_parameters(config: InterpretConfig) -> dict:
+    """The values of every method parameter of the table, as given."""
+    return {name: getattr(config, name) for name in methods.PARAMETERS}
+
+
+# Options that change the maps (or which maps exist), as the user spells them: a checkpoint records their values
+# (runner/checkpoints.py) and --continue refuses a run that changes one. Not: -np, --reader, --preprocess_on (same
+# values bit for bit), --verbose, --overwrite/--overwrite_name, --continue, --checkpoint_every, --part_id.
+RESULT_OPTIONS = {
+    "method": "METHOD", "selection_metrics": "--selection_metrics", "target_node": "--target_node",
+    "save_individual": "--save_individual", "save_nifti": "--save_nifti", "compat": "--compat", "amp": "--amp",
+    "deterministic": "--deterministic", "batch_size": "--batch_size", "gpu": "--gpu/--no-gpu",
+    "num_parts": "--num_parts", "abs": "--abs", "statistics": "--statistics", "group_by": "--group_by",
+    "noise_tunnel": "--noise_tunnel", **{name: f"--{name}" for name in methods.PARAMETERS},
+}
+
+
+# -- maps-interpret-compare ------------------------------------------------------------------------------------------
+
+COMPARE_STATISTICS = ("mean", "absmean", "std")
+DEFAULT_TOP_K = (1.0, 5.0, 10.0)
+
+
+@dataclass
+class CompareConfig:
+    input_maps_directory: Path = field(metadata=_opt(
+        "input_maps_directory", metavar="INPUT_MAPS_DIRECTORY", type=Path,
+        help="MAPS folder whose models were interpreted by maps-interpret."))
+    data_group: str = field(metadata=_opt(
+        "data_group", metavar="DATA_GROUP", help="Data group that was interpreted."))
+    name: str = field(metadata=_opt(
+        "name", metavar="NAME", help="Name of the interpretation: the maps of <split>/best-<metric>/<DATA_GROUP>/"
+                                     "interpret-<NAME>/ are compared."))
+    splits: list[int] = field(default_factory=list, metadata=_opt(
+        "--splits", action="append", type=int, metavar="K",
+        help="Compare the models of split K; repeat for several (default: every split holding the interpretation)."))
+    selection_metrics: list[str] = field(default_factory=list, metadata=_opt(
+        "--selection_metrics", action="append", metavar="METRIC",
+        help="Compare the models of best-<METRIC>; repeat for several (default: every metric holding the "
+             "interpretation)."))
+    statistic: str = field(default="mean", metadata=_opt(
+        "--statistic", type=str, choices=COMPARE_STATISTICS,
+        help="Which maps to compare: mean (default), or absmean / std (written by maps-interpret --statistics)."))
+    top_k: list[float] = field(default_factory=list, metadata=_opt(
+        "--top_k", action="append", type=float, metavar="PERCENT",
+        help="Dice overlap of the top PERCENT%% voxels by magnitude; repeat for several (default: 1, 5, 10)."))
+    figure_element: Optional[int] = field(default=None, metadata=_opt(
+        "--figure_element", type=int, metavar="ID",
+        help="Element (<mode>_id) drawn in agreement.png (default: the first)."))
+    output: Optional[Path] = field(default=None, metadata=_opt(
+        "--output", type=Path, metavar="DIR",
+        help="Output folder (default: <MAPS>/compare/<DATA_GROUP>/interpret-<NAME>/<STATISTIC>/)."))
+    overwrite: bool = field(default=False, metadata=_opt(
+        "-o", "--overwrite", help="Replace an existing output folder (only once its successor is complete)."))
+    verbose: bool = field(default=False, metadata=_opt(
+        "-v", "--verbose", help="Debug logging, and a traceback on errors."))
+
+    def __post_init__(self) -> None:
+        # An append option never given arrives as None (cli/common.py); repeats are dropped, order kept.
+        self.input_maps_directory = Path(self.input_maps_directory)
+        self.splits = list(dict.fromkeys(self.splits or ()))
+        self.selection_metrics = list(dict.fromkeys(self.selection_metrics or ()))
+        self.top_k = list(dict.fromkeys(float(k) for k in (self.top_k or DEFAULT_TOP_K)))
+        if self.output is not None:
+            self.output = Path(self.output)
+
+
+def validate_compare(config: CompareConfig) -> None:
+    """Option checks that need no file (UsageError, exit status 2)."""
+    check_name(config.data_group, "DATA_GROUP", UsageError)
+    check_name(config.name, "NAME", UsageError)
+    for metric in config.selection_metrics:
+        check_name(metric, "--selection_metrics", UsageError)
+    if config.statistic not in COMPARE_STATISTICS:
+        raise UsageError(f"--statistic {config.statistic!r} is not one of {', '.join(COMPARE_STATISTICS)}")
+    for split in config.splits:
+        if split < 0:
+            raise UsageError(f"--splits must be 0 or more, got {split}")
+    for k in config.top_k:
+        if not 0 < k <= 100:
+            raise UsageError(f"--top_k must be a percentage in (0, 100], got {k:g}")

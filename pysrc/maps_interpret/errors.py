@@ -19,7 +19,12 @@ class UsageError(MapsInterpretError):
 
 
 def first_line(error: BaseException) -> str:
-    """The first non-empty line of an exception's message (its type name if it has none): errors from torch
-    and C++ often append context lines that do not belong in a one-line message."""
+    """The line of an exception's message that says what went wrong (its type name if it has none): errors
+    from torch and C++ often append context lines that do not belong in a one-line message. An op that failed
+    inside a TorchScript model says so on its first line and what failed on its last, after the traceback."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[0] if lines else type(error).__name__
+    if not lines:
+        return type(error).__name__
+    if len(lines) > 1 and lines[1].startswith("Traceback of TorchScript"):
+        return f"in the model's forward pass: {lines[-1]}"
+    return lines[0]

@@ -214,3 +214,14 @@ def open_maps(path: Path) -> Maps:
     params = read_parameters(path / "maps.json")
     split_name = "fold" if any(path.glob("fold-*")) else "split"
     return Maps(path=path, params=params, split_name=split_name)
+
+
+def sha256(path: Path) -> str:
+    """A file's sha256 (a model file's: checkpoints and interpret.json name the model by it)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -152,7 +152,7 @@ def train(model: torch.nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
           val_y: torch.Tensor, seconds: float, seed: int) -> dict[str, dict]:
     """A few seconds of Adam; returns ClinicaDL checkpoints of the best validation loss and accuracy."""
     torch.manual_seed(seed)
-    from .transforms import min_max
+    from .data.transforms import min_max
 
     train_x = torch.stack([min_max(x) for x in train_x])
     val_x = torch.stack([min_max(x) for x in val_x])
@@ -206,8 +206,8 @@ def write_masks(caps: Path, shape: Sequence[int], regions: dict[str, tuple[slice
 def write_element_files(caps: Path, sessions_: Sequence[SessionSpec], prep: dict) -> None:
     """What `clinicadl prepare-data <mode> --save_features` writes: one tensor per element, beside the
     image tensors (<mode>_based/ instead of image_based/)."""
-    from .caps import load_tensor
-    from .elements import layout_for
+    from .data.caps import load_tensor
+    from .data.elements import layout_for
 
     layout = layout_for(prep, caps)
     for spec in sessions_:
@@ -251,7 +251,7 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
         splits[split] = ([s for s in train_sessions if s.participant_id not in held_out],
                          [s for s in train_sessions if s.participant_id in held_out])
     models = {}
-    from .caps import load_tensor
+    from .data.caps import load_tensor
 
     for split, (train_part, val_part) in splits.items():
         torch.manual_seed(seed + split)

@@ -59,7 +59,7 @@ def test_wheel_holds_the_core_and_asks_for_its_torch():
     assert f"Requires-Dist: torch=={PINNED}\n" in metadata
     assert not any(line.startswith("Requires-Dist: torch") and "==" not in line for line in metadata.splitlines())
     assert f'TORCH_VERSION = "{torch.__version__}"' in build_info
-    assert "maps-interpret = maps_interpret.cli:entry" in entry_points
+    assert "maps-interpret = maps_interpret.cli.interpret:entry" in entry_points
     # The platform tag is what was built here: no manylinux claim that auditwheel has not checked.
     tag = f"cp{sys.version_info.major}{sys.version_info.minor}"
     assert f"Tag: {tag}-{tag}-linux_x86_64" in tags and "manylinux" not in tags + wheel.name

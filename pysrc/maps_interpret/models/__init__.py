@@ -163,3 +163,4 @@ def load_model(maps: Maps, path: Path) -> nn.Module:
     if left:  # a buffer the checkpoint does not hold (non-persistent): a builder bug, not a user error
         raise RuntimeError(f"{maps.architecture}: {', '.join(left)} not set from {path}")
     return model.float().eval()  # float32 as the network was built, whatever the checkpoint stored
+

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import engine  # noqa: F401  loading the core registers torch.ops.maps_interpret.*
+from ..engine import core  # noqa: F401  loading the core registers torch.ops.maps_interpret.*
 from .conv import ClinicaCNN, PadMaxPool2d, PadMaxPool3d
 
 

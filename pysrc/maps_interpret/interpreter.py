@@ -1,0 +1,128 @@
+"""`Interpreter`: a trained network ready to explain tensors in memory, as nnU-Net's predictor is for
+segmentation. Load a MAPS model once, then call `attribute(batch, method=..., target=...)` as often as needed,
+on the CPU or a GPU; every method of the table (methods.py) is there, computed by the C++ engine.
+
+    from maps_interpret import Interpreter
+    interpreter = Interpreter.from_maps("demo/maps", split=0, selection_metric="loss")
+    maps = interpreter.attribute(batch, method="integrated-gradients", target=1, n_steps=32)
+
+The command uses the same object: each model of a run is an Interpreter whose `engine(settings)` sums the maps
+of every batch (runner/passes.py), and the sanity check makes one of each randomised network
+(analysis/sanity.py).
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .data.transforms import Preprocess
+from .engine import Engine
+from .errors import MapsInterpretError
+from .maps import Maps, open_maps
+from .settings import EngineSettings, engine_settings
+
+Target = Union[int, str, Sequence[int]]
+
+
+def export_model(model: Union[nn.Module, torch.jit.ScriptModule], settings: EngineSettings) -> torch.jit.ScriptModule:
+    """`model` as the engine of `settings`' method takes it (models/export.py is the only TorchScript code)."""
+    from .models.export import to_torchscript, to_torchscript_cam
+    from .models.fast import fuse_blocks
+
+    if settings.row.export == "cam":  # the cut counts the original modules: no rewriting
+        return to_torchscript_cam(model, settings.values.get("level_grad_cam"))
+    return model if isinstance(model, torch.jit.ScriptModule) else to_torchscript(fuse_blocks(model))
+
+
+class Interpreter:
+    """A network (an `nn.Module` in eval mode, or a TorchScript module) and a device. `label_code` (class name ->
+    output node) and `preprocess` (ClinicaDL's evaluation transforms) come from a MAPS with `from_maps`."""
+
+    def __init__(self, model: Union[nn.Module, torch.jit.ScriptModule], device: Union[str, torch.device] = "cpu", *,
+                 label_code: Optional[dict] = None, preprocess: Optional[Preprocess] = None,
+                 source: Optional[Path] = None):
+        self.model = model.eval()
+        self.device = str(torch.device(device))
+        self.label_code = dict(label_code or {})
+        self.preprocess_ = preprocess
+        self.source = source  # the model file, named in errors
+        self._exports: dict[tuple, torch.jit.ScriptModule] = {}
+        self._engines: dict[tuple, Engine] = {}
+
+    @classmethod
+    def from_maps(cls, maps: Union[str, Path, Maps], split: int = 0, selection_metric: str = "loss",
+                  device: Union[str, torch.device] = "cpu") -> "Interpreter":
+        """The model of `<split>/best-<selection_metric>/` of a MAPS, rebuilt and loaded safely (weights only)."""
+        from .models import load_model, model_file
+
+        maps = maps if isinstance(maps, Maps) else open_maps(Path(maps))
+        path = model_file(maps, split, selection_metric)
+        if not path.is_file():
+            raise MapsInterpretError(f"{path} does not exist: the MAPS has no model for {maps.split_name}-{split} "
+                                     f"best-{selection_metric}")
+        return cls(load_model(maps, path), device, label_code=maps.params.get("label_code"),
+                   preprocess=Preprocess.from_params(maps.params), source=path)
+
+    def export(self, settings: EngineSettings) -> torch.jit.ScriptModule:
+        """The network as `settings`' method hands it to C++ (made once per kind of export)."""
+        key = (settings.row.export, settings.values.get("level_grad_cam"))
+        if key not in self._exports:
+            self._exports[key] = export_model(self.model, settings)
+        return self._exports[key]
+
+    def engine(self, settings: EngineSettings, element_ids: Optional[Sequence[int]] = None) -> Engine:
+        """A new engine of this network: its own running sums (a run makes one per model and pass)."""
+        return Engine(self.export(settings), settings, device=self.device, element_ids=element_ids)
+
+    def attribute(self, batch: torch.Tensor, method: str = "gradients", target: Target = 0, *, abs: bool = False,
+                  noise_tunnel: bool = False, amp: Optional[str] = None, compat: Optional[str] = None,
+                  seeds: Optional[Sequence[int]] = None, **parameters: Any) -> torch.Tensor:
+        """The maps of `batch` (B, C, *spatial), already preprocessed as the network expects it (`preprocess`):
+        float32, the batch's shape, on this interpreter's device.
+
+        `method`: one of methods.METHODS, with its parameters as keywords (n_samples, noise_level, seed,
+        n_steps, baseline, chunk_size, level_grad_cam). `target`: an output node for every sample, a sequence
+        of one node per sample, or "predicted" (each sample's argmax). `abs`: magnitudes; `noise_tunnel`: the
+        method's maps averaged over noisy copies; `amp`: "bfloat16"/"float16" autocast (GPU); `compat`:
+        "clinicadl" for ClinicaDL 1.6.1's Grad-CAM; `seeds`: each sample's noise seed (default: its row).
+        Bad values raise ValueError naming them."""
+        per_sample = not isinstance(target, (int, str))
+        mode = "given" if per_sample else "predicted" if target == "predicted" else "node"
+        if isinstance(target, str) and target != "predicted":
+            raise ValueError(f"target must be an output node, a node per sample or 'predicted', got {target!r}")
+        settings = engine_settings(method, target=0 if mode != "node" else target, target_mode=mode,
+                                   noise_tunnel=noise_tunnel, abs=abs, amp=amp, compat=compat, **parameters)
+        key = (settings,)
+        if key not in self._engines:
+            self._engines[key] = self.engine(settings)
+        targets = list(target) if per_sample else None
+        return self._engines[key].attribute(batch, targets=targets, seeds=seeds)
+
+    def preprocess(self, image: torch.Tensor) -> torch.Tensor:
+        """An image tensor (C, D, H, W) of the CAPS as the network of an image-mode MAPS sees it (NaN removal,
+        min-max normalisation, size reduction: ClinicaDL's evaluation transforms); add the batch axis with
+        `unsqueeze(0)` or stack several."""
+        if self.preprocess_ is None:
+            raise ValueError("this Interpreter was not made from a MAPS: it knows no preprocessing "
+                             "(use Interpreter.from_maps)")
+        return self.preprocess_(image.float())
+
+
+def sample_inputs(settings: EngineSettings, label_code: Optional[dict], owners: Sequence,
+                  element_ids: Sequence[int]) -> tuple[Optional[list], Optional[list]]:
+    """Per sample of a batch of sessions (`owners`): its target node (target mode "given": its label through
+    `label_code`) and its noise seed (`sample_seed`), else None."""
+    targets = [label_code[s.label] for s in owners] if settings.target_mode == "given" else None
+    seeds = [sample_seed(s, e) for s, e in zip(owners, element_ids)] if settings.seeded else None
+    return targets, seeds
+
+
+def sample_seed(session, element: int) -> int:
+    """A sample's own seed (the noise tunnel's): from its names only, so that its map does not depend on its
+    batch, rank, part or on a resumed run."""
+    return zlib.crc32(f"{session.participant_id}/{session.session_id}/{element}".encode())

@@ -1,0 +1,138 @@
+"""The attribution methods: one table from which everything else is derived.
+
+Each `Method` row says what the command calls it, which C++ method computes it (csrc/methods/), which
+parameters it reads, whether its maps are averaged over noisy copies (the noise tunnel, csrc/methods/
+noise_tunnel.cpp, which wraps any method as Captum's NoiseTunnel does), and how the network is handed to
+C++. From the table come: the METHOD choices and `--help` (config.py), one option per parameter with its
+check (config.py, `check_parameters`), the parameters recorded in interpret.json and in a checkpoint's
+fingerprint (output/provenance.py, runner/checkpoints.py), the engine's options (`core_options`), and the
+options reference (docs/options.md). Adding a method: a row here, one C++ file, its tests
+(docs/ARCHITECTURE.md, "Adding a method").
+
+No torch here: the CLI's --help imports this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional
+
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A method parameter: the option `--<name>`, the InterpretConfig field `<name>` and the key the C++
+    method reads (`EngineOptions.parameters[name]`)."""
+
+    name: str
+    type: type  # int or float
+    default: Any
+    metavar: str
+    help: str
+    minimum: Optional[float] = None  # smallest value allowed; None: any
+    optional: bool = False  # None is allowed (and is the default)
+
+    def check(self, value: Any, error: type[Exception] = UsageError) -> None:
+        if value is None and self.optional:
+            return
+        if self.minimum is not None and value < self.minimum:
+            bound = f"at least {self.minimum:g}" if self.minimum > 0 else f"{self.minimum:g} or more"
+            raise error(f"--{self.name} must be {bound}, got {value}")
+
+
+PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
+    Parameter("n_samples", int, 16, "N", "smoothgrad and --noise_tunnel: noisy copies of each image (default: 16).",
+              minimum=1),
+    Parameter("noise_level", float, 0.1, "F", "smoothgrad and --noise_tunnel: the noise's standard deviation as a "
+              "fraction of each image's value range (default: 0.1).", minimum=0),
+    Parameter("n_steps", int, 50, "N", "integrated-gradients: steps from the baseline (default: 50).", minimum=1),
+    Parameter("baseline", float, 0.0, "F", "integrated-gradients: the baseline image's constant value (default: 0, "
+              "a black image)."),
+    Parameter("chunk_size", int, 0, "N", "smoothgrad, integrated-gradients, --noise_tunnel: copies per forward "
+              "pass, the memory of one (default: --batch_size).", minimum=0),
+    Parameter("seed", int, 0, "N", "smoothgrad and --noise_tunnel: seed of the noise (default: 0); the same seed "
+              "gives the same maps whatever the batches, ranks or parts."),
+    Parameter("level_grad_cam", int, None, "INT", "Grad-CAM: the feature map is taken after this many modules of "
+              "the network's `convolutions` (default: after all of them).", minimum=1, optional=True),
+)}
+
+# What the noise tunnel reads (csrc/methods/noise_tunnel.cpp), whatever method it wraps.
+TUNNEL_PARAMETERS = ("n_samples", "noise_level", "seed", "chunk_size")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # as the command spells it
+    summary: str  # one line: the map it computes
+    core: str  # the C++ method (csrc/methods/<core>.cpp registers it)
+    parameters: tuple[str, ...] = ()  # of PARAMETERS, read by this method
+    noise_tunnel: bool = False  # always averaged over noisy copies (smoothgrad: gradients in the tunnel)
+    options: tuple[str, ...] = ()  # general options that change its maps (recorded with its parameters)
+    export: str = "fused"  # "fused": the cost-only rewrite (models/fast.py); "cam": trunk + head (models/export.py)
+    reference: str = ""
+    # The values the C++ method reads, from the resolved parameter values and general options (default: its own
+    # parameters, by name).
+    core_parameters: Optional[Callable[[Mapping[str, Any]], dict]] = None
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("gradients", "the gradient of the target output with respect to each voxel (ClinicaDL's)", "gradients",
+           reference="Simonyan et al. 2014"),
+    Method("grad-cam", "the class activation map of a feature map, upsampled to the image", "grad-cam",
+           parameters=("level_grad_cam",), options=("compat",), export="cam", reference="Selvaraju et al. 2017",
+           core_parameters=lambda values: {"variant": "clinicadl" if values.get("compat") == "clinicadl"
+                                           else "published"}),
+    Method("input-x-gradient", "the input times its gradient", "input-x-gradient", reference="Shrikumar et al. 2016"),
+    Method("smoothgrad", "the gradient averaged over noisy copies of the image", "gradients", noise_tunnel=True,
+           reference="Smilkov et al. 2017"),
+    Method("integrated-gradients", "the gradient integrated along the path from a constant baseline, times the "
+           "difference (the map sums to f(x) - f(baseline))", "integrated-gradients",
+           parameters=("n_steps", "baseline", "chunk_size"), reference="Sundararajan et al. 2017"),
+)}
+DEFAULT_METHOD = "gradients"
+
+
+def method(name: str, error: type[Exception] = UsageError) -> Method:
+    """The row of `name`; an unknown name raises `error` listing the others."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise error(f"METHOD '{name}' is not supported: choose one of {', '.join(METHODS)}") from None
+
+
+def reads(row: Method, noise_tunnel: bool) -> tuple[str, ...]:
+    """The parameters a method reads, with the noise tunnel's when its maps go through it."""
+    tunnel = TUNNEL_PARAMETERS if row.noise_tunnel or noise_tunnel else ()
+    return tuple(dict.fromkeys((*row.parameters, *tunnel)))
+
+
+def check_parameters(values: Mapping[str, Any], error: type[Exception] = UsageError) -> None:
+    """Each given parameter within its range (the one check of each value); unknown names are refused."""
+    for name, value in values.items():
+        if name not in PARAMETERS:
+            raise error(f"unknown method parameter {name!r}: the parameters are {', '.join(PARAMETERS)}")
+        PARAMETERS[name].check(value, error)
+
+
+def check_noise_tunnel(row: Method, noise_tunnel: bool, error: type[Exception] = UsageError) -> None:
+    if noise_tunnel and row.noise_tunnel:
+        raise error(f"{row.name} already averages over noisy copies: remove --noise_tunnel")
+
+
+def core_options(row: Method, values: Mapping[str, Any], noise_tunnel: bool) -> tuple[str, dict, bool]:
+    """What the C++ engine is given: its method's name, the parameters it reads (by name) and whether the
+    maps go through the noise tunnel. `values` holds every parameter of `reads(row, noise_tunnel)` and the
+    method's general `options`."""
+    tunnel = row.noise_tunnel or noise_tunnel
+    own = (row.core_parameters(values) if row.core_parameters is not None
+           else {name: values[name] for name in row.parameters})
+    if tunnel:
+        own.update({name: values[name] for name in TUNNEL_PARAMETERS})
+    return row.core, own, tunnel
+
+
+def help_text() -> str:
+    """METHOD's help: every method with what it maps."""
+    return "Attribution method: " + "; ".join(
+        f"{m.name}{' (default)' if m.name == DEFAULT_METHOD else ''}: {m.summary}" for m in METHODS.values()) + "."

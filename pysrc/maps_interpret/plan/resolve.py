@@ -1,0 +1,77 @@
+"""The command's options turned into the typed settings of each room (settings.py), once: what the later rooms
+read instead of the options. Every value is checked here or in config.validate, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from ..config import RESULT_OPTIONS, InterpretConfig, method_parameters
+from ..errors import UsageError
+from ..settings import (DataSettings, EngineSettings, OutputSettings, RunSettings, SanitySettings,
+                        engine_settings)
+
+# --target_node's words -> the engine's target mode (an integer is the "node" mode).
+TARGET_MODES = {"label": "given", "predicted": "predicted"}
+# --group_by -> the engine's subsets: none, the class predicted, right or wrong, else a column's value ("given").
+GROUP_BY = {None: "none", "predicted": "predicted", "correct": "correct"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    engine: EngineSettings
+    data: DataSettings
+    output: OutputSettings
+    run: RunSettings
+    sanity: SanitySettings
+    options: dict  # every option as given, plain values (interpret.json records them)
+    result_options: dict  # the options that change the maps (config.RESULT_OPTIONS): a checkpoint's fingerprint
+
+
+def engine_of(config: InterpretConfig) -> EngineSettings:
+    """The engine's settings (the method's parameters checked here, with the table's messages); amp is resolved
+    with the device (`resolve`)."""
+    target = config.target_node
+    return engine_settings(
+        config.method, target=target if isinstance(target, int) else 0, target_mode=TARGET_MODES.get(target, "node"),
+        noise_tunnel=config.noise_tunnel, abs=config.abs, deterministic=config.deterministic,
+        statistics=config.statistics, group_by=GROUP_BY.get(config.group_by, "given"), compat=config.compat,
+        error=UsageError, **method_parameters(config))
+
+
+def resolve(config: InterpretConfig, engine: EngineSettings, device: str) -> Settings:
+    """Every room's settings for a run on `device` ("cpu" or "cuda"), with the `engine_of` the options."""
+    return Settings(
+        engine=replace(engine, amp=amp_dtype() if config.amp else None),
+        data=DataSettings(batch_size=config.batch_size, n_proc=config.n_proc, reader=config.reader,
+                          on_device=config.preprocess_on == "device" or (config.preprocess_on == "auto"
+                                                                         and device != "cpu")),
+        output=OutputSettings(data_group=config.data_group, name=config.name, method=config.method,
+                              save_individual=config.save_individual, save_nifti=config.save_nifti,
+                              save_figures=config.save_figures, statistics=config.statistics,
+                              group_by=config.group_by, clinicadl_means=config.compat == "clinicadl",
+                              overwrite_name=config.overwrite_name),
+        run=RunSettings(data_group=config.data_group, name=config.name, resume=config.resume,
+                        checkpoint_every=config.checkpoint_every, num_parts=config.num_parts,
+                        part_id=config.part_id, merge_parts=config.merge_parts,
+                        overwrite_name=config.overwrite_name),
+        sanity=SanitySettings(enabled=config.sanity_check, sessions=config.sanity_sessions),
+        options={f.name: plain(getattr(config, f.name)) for f in fields(config)},
+        result_options={key: plain(getattr(config, key)) for key in RESULT_OPTIONS},
+    )
+
+
+def amp_dtype() -> str:
+    """--amp's autocast dtype on this GPU: bfloat16 where supported, else float16."""
+    import torch
+
+    return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+
+
+def plain(value):
+    """An option's value as JSON holds it."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value

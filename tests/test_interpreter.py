@@ -1,0 +1,166 @@
+"""The in-memory API (`maps_interpret.Interpreter`): a MAPS model loaded once, then maps of tensors in memory for
+every method of the table; the same maps as the command, bit for bit, because the command uses the same object;
+one-line errors for what a notebook user gets wrong. And `--noise_tunnel`, the noise tunnel over any method."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from helpers import DEVICES, with_trained_batchnorm
+from maps_interpret import Interpreter
+from maps_interpret.cli import main
+from maps_interpret.data.caps import load_tensor
+from maps_interpret.engine import EngineError
+from maps_interpret.methods import METHODS
+from maps_interpret.models.conv import conv5_fc3
+from maps_interpret.models.export import to_torchscript
+from maps_interpret.synthetic import tensor_path
+from reference import (reference_grad_cam, reference_gradients, reference_input_x_gradient,
+                       reference_integrated_gradients)
+
+SHAPE = (1, 12, 14, 12)
+
+
+def close(ours: torch.Tensor, reference: torch.Tensor, rtol: float = 1e-5) -> bool:
+    scale = reference.abs().max().item()
+    return ours.shape == reference.shape and (ours.cpu() - reference.cpu()).abs().max().item() <= rtol * scale
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Module:
+    torch.manual_seed(5)
+    return with_trained_batchnorm(conv5_fc3(SHAPE, output_size=2, dropout=0.0))
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    return torch.rand((3, *SHAPE), generator=torch.Generator().manual_seed(6))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_method_of_the_table_on_tensors_in_memory(model, batch, device):
+    interpreter = Interpreter(model, device)
+    expected = {
+        "gradients": reference_gradients(model, batch, 1),
+        "input-x-gradient": reference_input_x_gradient(model, batch, 1),
+        "integrated-gradients": reference_integrated_gradients(model, batch, 1, 8),
+        "grad-cam": reference_grad_cam(model, batch, 1, None, "published"),
+    }
+    for name in METHODS:
+        parameters = {"n_steps": 8} if name == "integrated-gradients" else {}
+        maps = interpreter.attribute(batch.to(device), method=name, target=1, **parameters)
+        assert maps.dtype == torch.float32 and maps.device.type == device
+        if name in expected:
+            assert close(maps, expected[name]), name
+        else:  # smoothgrad: reproducible, and noise-free it is the gradient
+            assert torch.equal(maps, interpreter.attribute(batch, method=name, target=1))
+            assert close(interpreter.attribute(batch, method=name, target=1, noise_level=0.0, n_samples=2),
+                         expected["gradients"])
+    assert torch.equal(interpreter.attribute(batch, method="grad-cam", target=1, compat="clinicadl"),
+                       interpreter.attribute(batch, method="grad-cam", target=1, compat="clinicadl"))
+    assert close(interpreter.attribute(batch, method="grad-cam", target=1, compat="clinicadl"),
+                 reference_grad_cam(model, batch, 1, None, "clinicadl"))
+
+
+def test_targets_per_sample_and_predicted(model, batch):
+    interpreter = Interpreter(model)
+    nodes = {t: interpreter.attribute(batch, target=t) for t in (0, 1)}
+    per_sample = interpreter.attribute(batch, target=[1, 0, 1])
+    for row, node in enumerate([1, 0, 1]):
+        assert torch.equal(per_sample[row], nodes[node][row])
+    with torch.no_grad():
+        classes = model(batch).argmax(1).tolist()
+    predicted = interpreter.attribute(batch, target="predicted")
+    for row, node in enumerate(classes):
+        assert torch.equal(predicted[row], nodes[node][row])
+
+
+def test_noise_tunnel_wraps_any_method(model, batch):
+    interpreter = Interpreter(model)
+    plain = interpreter.attribute(batch, method="input-x-gradient", target=1)
+    tunnelled = interpreter.attribute(batch, method="input-x-gradient", target=1, noise_tunnel=True, n_samples=3,
+                                      seeds=[4, 5, 6])
+    assert not close(tunnelled, plain, rtol=1e-2)  # the noise did something
+    assert torch.equal(tunnelled, interpreter.attribute(batch, method="input-x-gradient", target=1,
+                                                        noise_tunnel=True, n_samples=3, seeds=[4, 5, 6]))
+    quiet = interpreter.attribute(batch, method="integrated-gradients", target=1, n_steps=4, noise_tunnel=True,
+                                  noise_level=0.0, n_samples=1)
+    assert torch.equal(quiet, interpreter.attribute(batch, method="integrated-gradients", target=1, n_steps=4))
+
+
+def test_a_torchscript_model_and_the_engine_errors(model, batch):
+    interpreter = Interpreter(to_torchscript(model))
+    assert close(interpreter.attribute(batch, target=1), reference_gradients(model, batch, 1))
+    with pytest.raises(EngineError, match="target node 2 is out of range: the model has 2 output nodes"):
+        interpreter.attribute(batch, target=2)
+    with pytest.raises(EngineError, match="target node 5 is out of range"):
+        interpreter.attribute(batch, target=[0, 5, 1])
+    with pytest.raises(EngineError, match="target node -1 is out of range"):
+        interpreter.attribute(batch, target=[0, -1, 1])
+    with pytest.raises(EngineError, match="got 2 targets for a batch of 3"):
+        interpreter.attribute(batch, target=[0, 1])
+    with pytest.raises(EngineError, match="a batch must hold floating-point values"):
+        interpreter.attribute(batch.long())
+
+
+def test_settings_errors_name_the_value(model, batch):
+    interpreter = Interpreter(model)
+    for options, message in ((dict(method="lrp"), "METHOD 'lrp' is not supported: choose one of gradients"),
+                             (dict(n_steps=0, method="integrated-gradients"), "--n_steps must be at least 1"),
+                             (dict(target="label"), "target must be an output node, a node per sample or 'predicted'"),
+                             (dict(amp="float64"), "amp 'float64' is not one of")):
+        with pytest.raises(ValueError, match=message):
+            interpreter.attribute(batch, **options)
+    with pytest.raises(ValueError, match="knows no preprocessing"):
+        interpreter.preprocess(batch[0])
+
+
+def test_a_failing_forward_pass_is_one_line(model):
+    from maps_interpret.errors import first_line
+
+    with pytest.raises(EngineError) as error:
+        Interpreter(model).attribute(torch.rand(2, 1, 40, 40, 40))
+    assert first_line(error.value).startswith("in the model's forward pass: RuntimeError: mat1 and mat2 shapes")
+
+
+def test_the_command_and_the_api_give_the_same_maps(demo):
+    """A batch preprocessed by `Interpreter.preprocess` gives, bit for bit, the individual maps the command wrote
+    for the same sessions in a batch of the same size: the command runs the same object."""
+    assert main(["maps", "test", "x", "integrated-gradients", "--n_steps", "4", "--target_node", "1",
+                 "--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps", "--no-gpu", "-np", "0",
+                 "--batch_size", "3", "--save_individual", "--selection_metrics", "accuracy"]) == 0
+    interpreter = Interpreter.from_maps("maps", split=1, selection_metric="accuracy")
+    sessions = [("sub-TE01", "ses-M000"), ("sub-TE01", "ses-M012"), ("sub-TE02", "ses-M000")]
+    images = [load_tensor(tensor_path(demo / "data" / "caps", p, s)) for p, s in sessions]
+    batch = torch.stack([interpreter.preprocess(image) for image in images])
+    maps = interpreter.attribute(batch, method="integrated-gradients", target=1, n_steps=4)
+    folder = demo / "maps" / "split-1" / "best-accuracy" / "test" / "interpret-x"
+    for row, (participant, session) in enumerate(sessions):
+        assert torch.equal(maps[row], torch.load(folder / f"{participant}_{session}_image-0_map.pt"))
+
+
+def test_from_maps_names_a_missing_model(demo):
+    from maps_interpret.errors import MapsInterpretError
+
+    with pytest.raises(MapsInterpretError, match="best-f1/model.pth.tar does not exist"):
+        Interpreter.from_maps("maps", split=0, selection_metric="f1")
+
+
+def test_noise_tunnel_from_the_command(demo, capsys):
+    group = ["--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps", "--no-gpu", "-np", "0"]
+    assert main(["maps", "test", "t", "integrated-gradients", "--noise_tunnel", "--n_samples", "2", "--n_steps",
+                 "3", "--seed", "7", *group]) == 0
+    record = json.loads((demo / "maps/split-0/best-loss/test/interpret-t/interpret.json").read_text())
+    assert record["method"] == {"name": "integrated-gradients", "target_node": 0, "abs": False, "noise_tunnel": True,
+                                "n_steps": 3, "baseline": 0.0, "chunk_size": 0, "n_samples": 2, "noise_level": 0.1,
+                                "seed": 7}
+    plain = demo / "maps/split-0/best-loss/test/interpret-p"
+    assert main(["maps", "test", "p", "integrated-gradients", "--n_steps", "3", "--no-gpu", "-np", "0"]) == 0
+    assert not torch.equal(torch.load(plain / "mean_image-0_map.pt"),
+                           torch.load(demo / "maps/split-0/best-loss/test/interpret-t/mean_image-0_map.pt"))
+    assert main(["maps", "test", "s", "smoothgrad", "--noise_tunnel", "--no-gpu"]) == 2
+    assert "smoothgrad already averages over noisy copies: remove --noise_tunnel" in capsys.readouterr().err
+    assert not (demo / "maps/split-0/best-loss/test/interpret-s").exists()
