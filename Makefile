@@ -7,7 +7,7 @@ WHEELHOUSE ?= build/wheelhouse
 SOURCES := $(shell find csrc pysrc buildtools -type f \( -name '*.cpp' -o -name '*.h' -o -name '*.py' -o -name '*.pyi' \)) \
            CMakeLists.txt pyproject.toml
 
-.PHONY: setup demo test bench clean wheel wheelhouse test-wheel test-container test-slow
+.PHONY: setup demo test docs bench clean wheel wheelhouse test-wheel test-container test-slow
 
 setup: $(VENV)/.installed
 
@@ -31,6 +31,11 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# The options reference, generated from the commands' parsers and the method table (tests/test_docs.py checks it).
+docs: setup
+	$(BIN)/python -m maps_interpret.cli.reference > docs/options.md.tmp
+	mv docs/options.md.tmp docs/options.md
 
 # A wheel of the package compiled against the pinned torch, which its metadata then asks for (==).
 wheel: setup

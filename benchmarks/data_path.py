@@ -44,7 +44,7 @@ def main() -> None:
     for _ in range(args.repeats):
         start = time.perf_counter()
         batches = make_batches(dataset, args.n_proc, args.reader, args.batch_size, torch.device(args.device))
-        n = sum(len(batch.element_ids) for batch in prefetch(batches, depth=2 if gpu else 0))  # as api.py
+        n = sum(len(batch.element_ids) for batch in prefetch(batches, depth=2 if gpu else 0))  # as runner/passes.py
         if gpu:
             torch.cuda.synchronize()
         rates.append(n / (time.perf_counter() - start))

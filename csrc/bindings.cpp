@@ -43,6 +43,8 @@ PYBIND11_MODULE(_core, m) {
         "Version of torch this extension was compiled against.");
   m.def("format_check", [](int64_t n) { return c10::str("n=", n, " x=", 0.5); },
         "A number formatted by this module's C++ streams, as every error message is (the loader's self-check).");
+  m.def("raise_check", [](int64_t n) { TORCH_CHECK(false, "n=", n, " x=", 0.5); },
+        "Raises EngineError('n=<n> x=0.5'): a C++ exception crossing into Python (the loader's self-check).");
 
   engine_error.call_once_and_store_result(
       [&] { return py::object(py::exception<void>(m, "EngineError", PyExc_RuntimeError)); });

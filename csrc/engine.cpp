@@ -39,19 +39,43 @@ TargetMode parse_target_mode(const std::string& mode) {
   TORCH_CHECK(false, "unknown target mode '", mode, "': use node, given or predicted");
 }
 
-// Process-wide flags: every engine of a run is made with the same options, and the engine owns its process.
-void set_cuda_policy(bool deterministic, bool float32) {
-  auto& context = at::globalContext();
-  // One image size per MAPS: autotuning pays off (once per shape) unless runs must repeat bit for bit.
-  context.setBenchmarkCuDNN(!deterministic);
-  context.setDeterministicCuDNN(deterministic);
-  if (float32) {
-    // float32 means float32: torch lets cuDNN convolutions use TensorFloat-32 by default (~1e-3 relative
-    // error on H100). --amp is the fast path.
-    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
-    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::IEEE);
+// The CUDA policy of an engine's computations, set for the duration of one call and restored after it: the flags
+// are process-wide, and an engine of the in-memory API must not change them for the rest of its caller's process.
+class CudaPolicy {
+ public:
+  CudaPolicy(bool active, bool deterministic, bool float32) : active_(active) {
+    if (!active_) return;
+    auto& context = at::globalContext();
+    benchmark_ = context.benchmarkCuDNN();
+    deterministic_ = context.deterministicCuDNN();
+    conv_ = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV);
+    matmul_ = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
+    // One image size per MAPS: autotuning pays off (once per shape) unless runs must repeat bit for bit.
+    context.setBenchmarkCuDNN(!deterministic);
+    context.setDeterministicCuDNN(deterministic);
+    if (float32) {
+      // float32 means float32: torch lets cuDNN convolutions use TensorFloat-32 by default (~1e-3 relative
+      // error on H100). --amp is the fast path.
+      context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, at::Float32Precision::IEEE);
+      context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, at::Float32Precision::IEEE);
+    }
   }
-}
+  ~CudaPolicy() {
+    if (!active_) return;
+    auto& context = at::globalContext();
+    context.setBenchmarkCuDNN(benchmark_);
+    context.setDeterministicCuDNN(deterministic_);
+    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, conv_);
+    context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, matmul_);
+  }
+  CudaPolicy(const CudaPolicy&) = delete;
+  CudaPolicy& operator=(const CudaPolicy&) = delete;
+
+ private:
+  bool active_;
+  bool benchmark_ = false, deterministic_ = false;
+  at::Float32Precision conv_ = at::Float32Precision::NONE, matmul_ = at::Float32Precision::NONE;
+};
 
 std::optional<c10::ScalarType> parse_amp(const std::string& amp) {
   if (amp == "none") return std::nullopt;
@@ -76,7 +100,6 @@ Engine::Engine(const torch::jit::Module& model, EngineOptions options)
       model_(model.clone()),  // own copy: moving it to the device leaves the caller's intact
       sums_(options_.statistics),
       subsets_(options_.statistics) {
-  if (device_.is_cuda()) set_cuda_policy(options_.deterministic, !amp_.has_value());
   model_.to(device_);
   model_.eval();
   // Frozen weights: autograd then computes the input gradient only, never weight gradients.
@@ -160,6 +183,7 @@ at::Tensor Engine::attribute(const at::Tensor& batch, const std::vector<int64_t>
                              const std::vector<int64_t>& seeds) {
   check_batch(batch);
   std::lock_guard<std::mutex> lock(mutex_);
+  const CudaPolicy policy(device_.is_cuda(), options_.deterministic, !amp_.has_value());
   const at::Tensor x = batch.to(device_, at::kFloat, /*non_blocking=*/true);
   const at::Tensor predicted =
       target_mode_ == TargetMode::kPredicted ? predicted_targets(model_, x, amp_) : at::Tensor();
@@ -174,6 +198,7 @@ std::optional<at::Tensor> Engine::accumulate(const at::Tensor& batch, const std:
   TORCH_CHECK(batch.size(0) == static_cast<int64_t>(ids.size()), "got ", ids.size(),
               " element ids for a batch of ", batch.size(0));
   std::lock_guard<std::mutex> lock(mutex_);
+  const CudaPolicy policy(device_.is_cuda(), options_.deterministic, !amp_.has_value());
   // non_blocking overlaps the copy with compute when the caller pinned the batch.
   // A batch already on the device (preprocessed there) is used as is; a host one is copied here.
   const at::Tensor x = batch.to(device_, at::kFloat, /*non_blocking=*/true);

@@ -44,8 +44,8 @@ enum class GroupBy { kNone, kGiven, kPredicted, kCorrect };
 
 class Engine {
  public:
-  // On CUDA the constructor also sets the process's device policy (the one place that does): cuDNN
-  // autotuning unless deterministic, and IEEE float32 convolutions and matmuls unless amp.
+  // On CUDA each call sets the device policy of its computations (the one place that does: cuDNN autotuning
+  // unless deterministic, IEEE float32 convolutions and matmuls unless amp) and restores the process's after it.
   Engine(const torch::jit::Module& model, EngineOptions options);
   static std::unique_ptr<Engine> from_file(const std::string& path, EngineOptions options);
 

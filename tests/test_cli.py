@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from maps_interpret.runner import run as api
+from maps_interpret.runner import run as runner
 from maps_interpret.cli import build_parser, main
 from maps_interpret.config import InterpretConfig
 from maps_interpret.errors import MapsInterpretError
@@ -96,7 +96,7 @@ def test_unexpected_errors_are_one_line_unless_verbose(tmp_path, capsys, monkeyp
     def broken(config):
         raise ValueError("something deep\nwith a second line")
 
-    monkeypatch.setattr(api, "run", broken)
+    monkeypatch.setattr(runner, "run", broken)
     assert main([str(tmp_path), "test", "x", "--no-gpu"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["maps-interpret: error: ValueError: something deep (rerun with --verbose for the traceback)"]
@@ -108,7 +108,7 @@ def test_interrupt_exits_130(tmp_path, capsys, monkeypatch):
     def interrupted(config):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api, "run", interrupted)
+    monkeypatch.setattr(runner, "run", interrupted)
     assert main([str(tmp_path), "test", "x", "--no-gpu"]) == 130
 
 
@@ -116,7 +116,7 @@ def test_user_errors_print_one_line(tmp_path, capsys, monkeypatch):
     def refused(config):
         raise MapsInterpretError("what, where, how to fix")
 
-    monkeypatch.setattr(api, "run", refused)
+    monkeypatch.setattr(runner, "run", refused)
     assert main([str(tmp_path), "test", "x", "--no-gpu"]) == 1
     assert capsys.readouterr().err == "maps-interpret: error: what, where, how to fix\n"
 

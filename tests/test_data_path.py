@@ -227,7 +227,7 @@ def test_threads_report_the_first_failed_session_in_order(tmp_path):
 @pytest.mark.parametrize("name,input_size", [("image", (1, 12, 10, 9)), ("patch-overlapping", (1, 4, 4, 4))])
 def test_a_shard_starting_inside_a_session_makes_the_whole_runs_batches(tmp_path, reader, raw, name, input_size):
     """make_batches(skip, limit) on the sessions from the shard's first one: exactly the elements [start, stop)
-    of the whole run's stream, cut into the whole run's batches (starts are whole batches: api.element_shard)."""
+    of the whole run's stream, cut into the whole run's batches (starts are whole batches: runner.passes.element_shard)."""
     from maps_interpret.data.batches import make_batches
 
     batch_size = 4

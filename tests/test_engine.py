@@ -202,19 +202,32 @@ def test_amp_maps_are_float32_and_close(device, dtype):
 
 
 def test_loader_refuses_a_core_built_for_another_torch_or_with_broken_streams():
-    """The import-time checks of engine.py: the real core passes; a core compiled against another torch, or
-    one whose C++ streams cannot format numbers (a static libstdc++ copy: seen on a GPU image), is refused
-    with the rebuild command."""
+    """The import-time checks of engine/core.py: the real core passes; a core compiled against another torch,
+    one whose C++ streams cannot format numbers (a static libstdc++ copy: seen on a GPU image), or one whose
+    errors do not arrive as EngineError, is refused with the rebuild command."""
     from types import SimpleNamespace
 
     from maps_interpret import _core
     from maps_interpret.engine.core import _check_build
 
     assert _core.format_check(12345) == "n=12345 x=0.5"
+    with pytest.raises(_core.EngineError, match="^n=12345 x=0.5$"):
+        _core.raise_check(12345)
     _check_build(_core)
-    good = dict(built_against=lambda: torch.__version__, format_check=lambda n: f"n={n} x=0.5")
+
+    def raises(error):
+        def check(n):
+            raise error
+        return check
+
+    good = dict(built_against=lambda: torch.__version__, format_check=lambda n: f"n={n} x=0.5",
+                raise_check=raises(_core.EngineError("n=12345 x=0.5")), EngineError=_core.EngineError)
     _check_build(SimpleNamespace(**good))
     with pytest.raises(ImportError, match=r"compiled against torch 1\.0\.0 .*rebuild it: pip install"):
         _check_build(SimpleNamespace(**{**good, "built_against": lambda: "1.0.0"}))
     with pytest.raises(ImportError, match=r"got 'n=' for 12345.*static copy of libstdc\+\+.*-static-libstdc\+\+"):
         _check_build(SimpleNamespace(**{**good, "format_check": lambda n: "n="}))
+    with pytest.raises(ImportError, match=r"does not raise its errors as EngineError \(got 'RuntimeError: n='\)"):
+        _check_build(SimpleNamespace(**{**good, "raise_check": raises(RuntimeError("n="))}))
+    with pytest.raises(ImportError, match=r"does not raise its errors as EngineError \(got None\)"):
+        _check_build(SimpleNamespace(**{**good, "raise_check": lambda n: None}))

@@ -164,3 +164,55 @@ def test_noise_tunnel_from_the_command(demo, capsys):
     assert main(["maps", "test", "s", "smoothgrad", "--noise_tunnel", "--no-gpu"]) == 2
     assert "smoothgrad already averages over noisy copies: remove --noise_tunnel" in capsys.readouterr().err
     assert not (demo / "maps/split-0/best-loss/test/interpret-s").exists()
+
+
+def test_targets_as_numpy_or_tensors_and_keywords_that_are_no_parameters(model, batch):
+    import numpy as np
+
+    interpreter = Interpreter(model)
+    node = interpreter.attribute(batch, target=1)
+    assert torch.equal(interpreter.attribute(batch, target=np.int64(1)), node)
+    assert torch.equal(interpreter.attribute(batch, target=torch.tensor(1)), node)
+    assert torch.equal(interpreter.attribute(batch, target=torch.tensor([1, 1, 1])), node)
+    assert torch.equal(interpreter.attribute(batch, target=np.array([1, 1, 1])), node)
+    with pytest.raises(ValueError, match="unknown method parameter 'statistics'"):
+        interpreter.attribute(batch, statistics=True)
+
+
+def test_engines_kept_between_calls_are_few(model, batch):
+    """Each engine holds a copy of the model on the device: a loop over settings keeps the last few only."""
+    from maps_interpret.interpreter import ENGINES_KEPT
+
+    interpreter = Interpreter(model)
+    for seed in range(ENGINES_KEPT + 3):
+        interpreter.attribute(batch[:1], method="smoothgrad", n_samples=1, seed=seed)
+    assert len(interpreter._engines) == ENGINES_KEPT
+    assert [dict(s.parameters)["seed"] for s in interpreter._engines] == list(range(3, ENGINES_KEPT + 3))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_cuda_policy_holds_during_a_call_only(model, batch):
+    """The engine's policy (IEEE float32, cuDNN autotuning) must not change the caller's process after a call."""
+    before = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+              torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    Interpreter(model, "cuda").attribute(batch.cuda(), target=1)
+    after = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
+             torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision)
+    assert after == before
+    with pytest.raises(EngineError, match="target node 5 is out of range"):
+        Interpreter(model, "cuda").attribute(batch.cuda(), target=[0, 5, 1])
+
+
+def test_the_noise_tunnel_s_maps_do_not_depend_on_the_batch(demo):
+    """Each sample's noise comes from its own seed (its names): the same maps, up to the rounding of another
+    batch composition, whatever the batch size."""
+    group = ["--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps"]
+    common = ["input-x-gradient", "--noise_tunnel", "--n_samples", "2", "--no-gpu", "-np", "0", "--save_individual"]
+    assert main(["maps", "test", "b1", *common, "--batch_size", "1", *group]) == 0
+    assert main(["maps", "test", "b3", *common, "--batch_size", "3"]) == 0
+    folder = demo / "maps" / "split-0" / "best-loss" / "test"
+    files = sorted(p.name for p in (folder / "interpret-b1").glob("sub-*.pt"))
+    assert len(files) == 4  # the fixture's test group: 3 participants, one with 2 sessions
+    for name in files:
+        assert close(torch.load(folder / "interpret-b3" / name), torch.load(folder / "interpret-b1" / name)), name

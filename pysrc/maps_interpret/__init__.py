@@ -5,6 +5,11 @@ Python API, file to file (what the command does)::
     from maps_interpret import InterpretConfig, run
     summary = run(InterpretConfig(input_maps_directory="maps", data_group="test", name="grads", gpu=False))
 
+the agreement between the models of a MAPS (what `maps-interpret-compare` does)::
+
+    from maps_interpret import CompareConfig, compare
+    summary = compare(CompareConfig(input_maps_directory="maps", data_group="test", name="grads"))
+
 and on tensors in memory::
 
     from maps_interpret import Interpreter
@@ -16,15 +21,22 @@ Importing the package is cheap; torch and the C++ core load with ``run`` or ``In
 
 from __future__ import annotations
 
-from .config import InterpretConfig
-
 from ._version import __version__
-__all__ = ["InterpretConfig", "Interpreter", "run", "__version__"]
+from .config import CompareConfig, InterpretConfig
+
+__all__ = ["CompareConfig", "InterpretConfig", "Interpreter", "compare", "run", "__version__"]
 
 
 def run(config: InterpretConfig):
     """Runs one interpretation command; see ``maps_interpret.runner.run.run``."""
     from .runner.run import run as _run
+
+    return _run(config)
+
+
+def compare(config: CompareConfig):
+    """Runs one comparison command; see ``maps_interpret.analysis.compare.run``."""
+    from .analysis.compare import run as _run
 
     return _run(config)
 

@@ -1,7 +1,8 @@
 """Type stubs of the compiled module (csrc/bindings.cpp). Import it after torch.
 
 Every call releases the GIL while it computes (an engine has its own lock: threads may share it). Errors raised
-in C++ arrive as EngineError, one line, without the C++ backtrace.
+in C++ arrive as EngineError, without the C++ backtrace: one line for the core's checks; an op that failed
+inside the model's forward pass also carries the TorchScript traceback (errors.first_line keeps its last line).
 """
 
 from typing import Optional, Union
@@ -10,6 +11,7 @@ import torch
 
 def built_against() -> str: ...
 def format_check(n: int) -> str: ...
+def raise_check(n: int) -> None: ...  # raises EngineError("n=<n> x=0.5")
 def methods() -> list[str]:
     """The attribution methods registered in the C++ core (csrc/methods/), sorted."""
 

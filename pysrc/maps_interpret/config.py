@@ -166,7 +166,7 @@ class InterpretConfig:
         "-v", "--verbose", help="Debug logging, and a traceback on errors."))
 
     def __post_init__(self) -> None:
-        # An append option that was never given arrives as None (cli.py): use the documented default.
+        # An append option that was never given arrives as None (cli/common.py): use the documented default.
         # Repeats are dropped, first occurrence kept (each metric is interpreted once).
         self.selection_metrics = list(dict.fromkeys(self.selection_metrics or DEFAULT_SELECTION_METRICS))
         self.diagnoses = list(dict.fromkeys(self.diagnoses or ()))
@@ -206,6 +206,30 @@ def validate(config: InterpretConfig) -> None:
         raise UsageError(f"--sanity_sessions must be 0 (every session) or more, got {config.sanity_sessions}")
     if config.amp and not config.gpu:
         raise UsageError("--amp needs the GPU: remove --amp or --no-gpu")
+    # The command line's choices, checked for the Python API too.
+    if isinstance(config.target_node, str) and config.target_node not in TARGETS:
+        raise UsageError(f"--target_node must be an output node (0, 1, ...), label or predicted; got "
+                         f"{config.target_node!r}")
+    for option, value, allowed in (("--compat", config.compat, (None, *COMPAT)), ("--reader", config.reader, READERS),
+                                   ("--preprocess_on", config.preprocess_on, PREPROCESS_ON)):
+        if value not in allowed:
+            raise UsageError(f"{option} {value!r} is not one of {', '.join(str(a) for a in allowed if a)}")
+
+
+def plain(value):
+    """An option's value as JSON holds it."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def record(config) -> dict:
+    """Every option of a command's config, as JSON holds it (interpret.json, compare.json)."""
+    from dataclasses import fields
+
+    return {f.name: plain(getattr(config, f.name)) for f in fields(config)}
 
 
 def method_parameters(config: InterpretConfig) -> dict:

@@ -13,6 +13,7 @@ of every batch (runner/passes.py), and the sanity check makes one of each random
 
 from __future__ import annotations
 
+import operator
 import zlib
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -20,6 +21,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from . import methods
 from .data.transforms import Preprocess
 from .engine import Engine
 from .errors import MapsInterpretError
@@ -27,6 +29,7 @@ from .maps import Maps, open_maps
 from .settings import EngineSettings, engine_settings
 
 Target = Union[int, str, Sequence[int]]
+ENGINES_KEPT = 4  # attribute()'s engines kept for the next call (each holds the model on the device)
 
 
 def export_model(model: Union[nn.Module, torch.jit.ScriptModule], settings: EngineSettings) -> torch.jit.ScriptModule:
@@ -52,7 +55,7 @@ class Interpreter:
         self.preprocess_ = preprocess
         self.source = source  # the model file, named in errors
         self._exports: dict[tuple, torch.jit.ScriptModule] = {}
-        self._engines: dict[tuple, Engine] = {}
+        self._engines: dict[EngineSettings, Engine] = {}  # attribute()'s, least recently used first
 
     @classmethod
     def from_maps(cls, maps: Union[str, Path, Maps], split: int = 0, selection_metric: str = "loss",
@@ -79,9 +82,10 @@ class Interpreter:
         """A new engine of this network: its own running sums (a run makes one per model and pass)."""
         return Engine(self.export(settings), settings, device=self.device, element_ids=element_ids)
 
-    def attribute(self, batch: torch.Tensor, method: str = "gradients", target: Target = 0, *, abs: bool = False,
-                  noise_tunnel: bool = False, amp: Optional[str] = None, compat: Optional[str] = None,
-                  seeds: Optional[Sequence[int]] = None, **parameters: Any) -> torch.Tensor:
+    def attribute(self, batch: torch.Tensor, method: str = methods.DEFAULT_METHOD, target: Target = 0, *,
+                  abs: bool = False, noise_tunnel: bool = False, amp: Optional[str] = None,
+                  compat: Optional[str] = None, deterministic: bool = False, seeds: Optional[Sequence[int]] = None,
+                  **parameters: Any) -> torch.Tensor:
         """The maps of `batch` (B, C, *spatial), already preprocessed as the network expects it (`preprocess`):
         float32, the batch's shape, on this interpreter's device.
 
@@ -89,19 +93,30 @@ class Interpreter:
         n_steps, baseline, chunk_size, level_grad_cam). `target`: an output node for every sample, a sequence
         of one node per sample, or "predicted" (each sample's argmax). `abs`: magnitudes; `noise_tunnel`: the
         method's maps averaged over noisy copies; `amp`: "bfloat16"/"float16" autocast (GPU); `compat`:
-        "clinicadl" for ClinicaDL 1.6.1's Grad-CAM; `seeds`: each sample's noise seed (default: its row).
-        Bad values raise ValueError naming them."""
-        per_sample = not isinstance(target, (int, str))
-        mode = "given" if per_sample else "predicted" if target == "predicted" else "node"
-        if isinstance(target, str) and target != "predicted":
-            raise ValueError(f"target must be an output node, a node per sample or 'predicted', got {target!r}")
-        settings = engine_settings(method, target=0 if mode != "node" else target, target_mode=mode,
-                                   noise_tunnel=noise_tunnel, abs=abs, amp=amp, compat=compat, **parameters)
-        key = (settings,)
-        if key not in self._engines:
-            self._engines[key] = self.engine(settings)
-        targets = list(target) if per_sample else None
-        return self._engines[key].attribute(batch, targets=targets, seeds=seeds)
+        "clinicadl" for ClinicaDL 1.6.1's Grad-CAM; `deterministic`: deterministic cuDNN algorithms (GPU);
+        `seeds`: each sample's noise seed (default: its row). On a GPU, the engine's policy (IEEE float32 unless
+        amp, cuDNN autotuning unless deterministic) holds during the call only. Bad values raise ValueError
+        naming them."""
+        unknown = sorted(set(parameters) - set(methods.PARAMETERS))
+        if unknown:
+            raise ValueError(f"unknown method parameter {unknown[0]!r}: the parameters are "
+                             f"{', '.join(methods.PARAMETERS)}")
+        if isinstance(target, str):
+            if target != "predicted":
+                raise ValueError(f"target must be an output node, a node per sample or 'predicted', got {target!r}")
+            mode, node, targets = "predicted", 0, None
+        else:
+            try:  # one node (an int, a numpy integer, a 0-d tensor) or one per sample (a sequence, a 1-d tensor)
+                mode, node, targets = "node", operator.index(target), None
+            except TypeError:
+                mode, node, targets = "given", 0, [operator.index(t) for t in target]
+        settings = engine_settings(method, target=node, target_mode=mode, noise_tunnel=noise_tunnel, abs=abs,
+                                   amp=amp, compat=compat, deterministic=deterministic, **parameters)
+        engine = self._engines.pop(settings, None) or self.engine(settings)
+        self._engines[settings] = engine  # the most recently used last
+        while len(self._engines) > ENGINES_KEPT:  # each holds a copy of the model on the device
+            self._engines.pop(next(iter(self._engines)))
+        return engine.attribute(batch, targets=targets, seeds=seeds)
 
     def preprocess(self, image: torch.Tensor) -> torch.Tensor:
         """An image tensor (C, D, H, W) of the CAPS as the network of an image-mode MAPS sees it (NaN removal,

@@ -36,6 +36,10 @@ class Parameter:
     def check(self, value: Any, error: type[Exception] = UsageError) -> None:
         if value is None and self.optional:
             return
+        numeric = (int,) if self.type is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, numeric):
+            kind = "an integer" if self.type is int else "a number"
+            raise error(f"--{self.name} must be {kind}, got {value!r}")
         if self.minimum is not None and value < self.minimum:
             bound = f"at least {self.minimum:g}" if self.minimum > 0 else f"{self.minimum:g} or more"
             raise error(f"--{self.name} must be {bound}, got {value}")

@@ -20,7 +20,8 @@ AMP = (None, "bfloat16", "float16")
 
 @dataclass(frozen=True)
 class EngineSettings:
-    """How an engine computes maps (engine/engine.py, interpreter.py)."""
+    """How an engine computes maps (engine/engine.py, interpreter.py). Made valid or not at all: every value is
+    checked when the record is made (ValueError), so neither the engine nor the C++ core checks it again."""
 
     method: str = methods.DEFAULT_METHOD
     # Values of every parameter the method reads (methods.reads) and of its general options, by name.
@@ -33,6 +34,23 @@ class EngineSettings:
     deterministic: bool = False
     statistics: bool = False  # also |map| sums and Welford mean/M2 per element (and subset)
     group_by: str = "none"
+
+    def __post_init__(self) -> None:
+        row = methods.method(self.method, ValueError)
+        methods.check_noise_tunnel(row, self.noise_tunnel, ValueError)
+        values = self.values
+        missing = [name for name in (*methods.reads(row, self.noise_tunnel), *row.options) if name not in values]
+        if missing:
+            raise ValueError(f"{row.name} needs {', '.join(missing)}: make the settings with engine_settings()")
+        methods.check_parameters({k: v for k, v in values.items() if k in methods.PARAMETERS}, ValueError)
+        if self.target_mode not in TARGET_MODES:
+            raise ValueError(f"target mode {self.target_mode!r} is not one of {', '.join(TARGET_MODES)}")
+        if self.group_by not in GROUP_BY:
+            raise ValueError(f"group_by {self.group_by!r} is not one of {', '.join(GROUP_BY)}")
+        if self.amp not in AMP:
+            raise ValueError(f"amp {self.amp!r} is not one of None, bfloat16, float16")
+        if isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 0:
+            raise ValueError(f"--target_node must be 0 or more, got {self.target!r}")
 
     @property
     def row(self) -> methods.Method:
@@ -47,6 +65,11 @@ class EngineSettings:
         """Whether each sample needs its own seed (its noise must not depend on its batch)."""
         return self.row.noise_tunnel or self.noise_tunnel
 
+    @property
+    def label(self) -> str:
+        """The method as titles and logs name it."""
+        return f"{self.method} (noise tunnel)" if self.noise_tunnel else self.method
+
     def maps_only(self) -> "EngineSettings":
         """The same maps, without the statistics and subsets (the sanity check's means)."""
         from dataclasses import replace
@@ -57,23 +80,16 @@ class EngineSettings:
 def engine_settings(method: str = methods.DEFAULT_METHOD, *, target: int = 0, target_mode: str = "node",
                     noise_tunnel: bool = False, abs: bool = False, amp: Optional[str] = None,
                     deterministic: bool = False, statistics: bool = False, group_by: str = "none",
-                    compat: Optional[str] = None, error: type[Exception] = ValueError,
-                    **parameters: Any) -> EngineSettings:
-    """EngineSettings from keyword values, each checked once (with `error`); parameters not given take the
-    table's defaults. The plan calls it with the command's options, the in-memory API with the caller's."""
-    row = methods.method(method, error)
-    methods.check_noise_tunnel(row, noise_tunnel, error)
-    methods.check_parameters(parameters, error)
-    if target_mode not in TARGET_MODES:
-        raise error(f"target mode {target_mode!r} is not one of {', '.join(TARGET_MODES)}")
-    if group_by not in GROUP_BY:
-        raise error(f"group_by {group_by!r} is not one of {', '.join(GROUP_BY)}")
-    if amp not in AMP:
-        raise error(f"amp {amp!r} is not one of None, bfloat16, float16")
-    if not isinstance(target, int) or target < 0:
-        raise error(f"--target_node must be 0 or more, got {target!r}")
+                    compat: Optional[str] = None, **parameters: Any) -> EngineSettings:
+    """EngineSettings from keyword values (checked by EngineSettings: ValueError); the method's parameters not
+    given take the table's defaults, those of other methods are refused. The plan calls it with the command's
+    options, the in-memory API with the caller's."""
+    row = methods.method(method, ValueError)
     values = {name: parameters.get(name, methods.PARAMETERS[name].default)
               for name in methods.reads(row, noise_tunnel)}
+    # The given values the method does not read are checked here (a typo, a value out of range: errors all the
+    # same), the others by EngineSettings.
+    methods.check_parameters({k: v for k, v in parameters.items() if k not in values}, ValueError)
     general = {"compat": compat}  # the general options a method may read (Method.options)
     values.update({name: general[name] for name in row.options})
     return EngineSettings(method=row.name, parameters=tuple(values.items()), noise_tunnel=noise_tunnel,

@@ -16,14 +16,13 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from ..config import CompareConfig, validate_compare
+from ..config import CompareConfig, record, validate_compare
 from ..errors import MapsInterpretError, first_line
 from ..maps import open_maps as _open_maps
-from ..plan.resolve import plain
 from .agreement import (Source, across_splits, agreement_matrix, draw_agreement, element_rows, summary_rows,
                         write_across_splits, write_tables)
 
@@ -176,7 +175,7 @@ def describe(config: CompareConfig, maps, sources: list[Source], element_ids: li
     return {
         "tool": {"name": "maps-interpret-compare", "version": __version__},
         "torch": torch.__version__,
-        "options": {f.name: plain(getattr(config, f.name)) for f in fields(config)},
+        "options": record(config),
         "maps": str(maps.path), "data_group": config.data_group, "name": config.name,
         "statistic": config.statistic, "mode": maps.mode, "top_k_percent": config.top_k,
         "compared": [{"split": s.split, "selection_metric": s.metric, "folder": str(s.folder),

@@ -180,7 +180,7 @@ def sanity_check(plan, data_pass, job, partial, folder: Path) -> dict:
     files written into the (staging) `folder`; returns the verdict."""
     from ..models import load_model
 
-    mode, method = plan.maps.mode, plan.engine.method
+    mode, method = plan.maps.mode, plan.engine.label
     count = len(data_pass.sessions)
     n = count if plan.sanity.sessions in (0, None) else min(plan.sanity.sessions, count)
     sessions = data_pass.sessions[:n]

@@ -1,8 +1,9 @@
 """Loading the C++ core (`maps_interpret._core`): the only module that imports it.
 
 Importing this module checks that the core was compiled against the torch that is installed (LibTorch has no ABI
-promise across versions, so a mismatch is refused with the command that rebuilds it) and that its C++ streams
-format numbers (a core linked with its own static libstdc++ crashed on a GPU image while formatting an error).
+promise across versions, so a mismatch is refused with the command that rebuilds it), that its C++ streams
+format numbers (a core linked with its own static libstdc++ crashed on a GPU image while formatting an error),
+and that a C++ error reaches Python as an EngineError.
 Loading the core also registers its ops (torch.ops.maps_interpret.*).
 """
 
@@ -49,6 +50,17 @@ def _check_build(core=_core) -> None:
         raise ImportError(f"maps_interpret's C++ core cannot format numbers (got {formatted!r} for 12345): it was "
                           "linked against a second, static copy of libstdc++; remove -static-libstdc++ from "
                           f"LDFLAGS/CXXFLAGS and rebuild it: {REBUILD}")
+    # Errors are C++ exceptions translated at the boundary (csrc/bindings.cpp): one must arrive whole.
+    try:
+        core.raise_check(12345)
+        raised = None
+    except core.EngineError as error:
+        raised = str(error)
+    except Exception as error:  # noqa: BLE001  (any other type is the defect reported below)
+        raised = f"{type(error).__name__}: {error}"
+    if raised != "n=12345 x=0.5":
+        raise ImportError(f"maps_interpret's C++ core does not raise its errors as EngineError (got {raised!r}); "
+                          f"rebuild it: {REBUILD}")
 
 
 _check_build()

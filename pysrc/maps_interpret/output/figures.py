@@ -7,7 +7,7 @@ that statistic in the run (a few extreme voxels would otherwise wash the others 
 and roi runs are drawn from their image-space maps (space.py): every element at its place in the image.
 
 matplotlib draws on its Agg canvas without pyplot: no display, and no global backend switched for a caller
-of `api.run` who uses pyplot.
+of `maps_interpret.run` who uses pyplot.
 """
 
 from __future__ import annotations

@@ -75,8 +75,12 @@ class Staging:
             if not folder.is_dir() or folder.name == self.key or folder.name.startswith("."):
                 continue
             if has_checkpoint(folder):
-                log.info("%s holds the checkpoint of an interrupted run (resume it with --continue); left alone",
-                         folder)
+                if (folder / PART_MARKER).is_file():
+                    log.info("%s holds a finished part of a run (combine the parts with --merge_parts); left alone",
+                             folder)
+                else:
+                    log.info("%s holds the checkpoint of an interrupted run (resume it with --continue); left alone",
+                             folder)
                 continue
             lock = self.root / f"{folder.name}.lock"
             if not lock.exists():  # a folder of an earlier version of maps-interpret: host-pid-time

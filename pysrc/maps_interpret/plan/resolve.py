@@ -3,10 +3,9 @@ read instead of the options. Every value is checked here or in config.validate, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 
-from ..config import RESULT_OPTIONS, InterpretConfig, method_parameters
+from ..config import RESULT_OPTIONS, InterpretConfig, method_parameters, plain, record
 from ..errors import UsageError
 from ..settings import (DataSettings, EngineSettings, OutputSettings, RunSettings, SanitySettings,
                         engine_settings)
@@ -32,11 +31,14 @@ def engine_of(config: InterpretConfig) -> EngineSettings:
     """The engine's settings (the method's parameters checked here, with the table's messages); amp is resolved
     with the device (`resolve`)."""
     target = config.target_node
-    return engine_settings(
-        config.method, target=target if isinstance(target, int) else 0, target_mode=TARGET_MODES.get(target, "node"),
-        noise_tunnel=config.noise_tunnel, abs=config.abs, deterministic=config.deterministic,
-        statistics=config.statistics, group_by=GROUP_BY.get(config.group_by, "given"), compat=config.compat,
-        error=UsageError, **method_parameters(config))
+    try:
+        return engine_settings(
+            config.method, target=target if isinstance(target, int) else 0,
+            target_mode=TARGET_MODES.get(target, "node"), noise_tunnel=config.noise_tunnel, abs=config.abs,
+            deterministic=config.deterministic, statistics=config.statistics,
+            group_by=GROUP_BY.get(config.group_by, "given"), compat=config.compat, **method_parameters(config))
+    except ValueError as error:  # the user's options: a usage error
+        raise UsageError(str(error)) from None
 
 
 def resolve(config: InterpretConfig, engine: EngineSettings, device: str) -> Settings:
@@ -46,7 +48,7 @@ def resolve(config: InterpretConfig, engine: EngineSettings, device: str) -> Set
         data=DataSettings(batch_size=config.batch_size, n_proc=config.n_proc, reader=config.reader,
                           on_device=config.preprocess_on == "device" or (config.preprocess_on == "auto"
                                                                          and device != "cpu")),
-        output=OutputSettings(data_group=config.data_group, name=config.name, method=config.method,
+        output=OutputSettings(data_group=config.data_group, name=config.name, method=engine.label,
                               save_individual=config.save_individual, save_nifti=config.save_nifti,
                               save_figures=config.save_figures, statistics=config.statistics,
                               group_by=config.group_by, clinicadl_means=config.compat == "clinicadl",
@@ -56,8 +58,8 @@ def resolve(config: InterpretConfig, engine: EngineSettings, device: str) -> Set
                         part_id=config.part_id, merge_parts=config.merge_parts,
                         overwrite_name=config.overwrite_name),
         sanity=SanitySettings(enabled=config.sanity_check, sessions=config.sanity_sessions),
-        options={f.name: plain(getattr(config, f.name)) for f in fields(config)},
-        result_options={key: plain(getattr(config, key)) for key in RESULT_OPTIONS},
+        options=record(config),
+        result_options=result_options(config, engine),
     )
 
 
@@ -68,10 +70,11 @@ def amp_dtype() -> str:
     return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
 
 
-def plain(value):
-    """An option's value as JSON holds it."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
+def result_options(config: InterpretConfig, engine: EngineSettings) -> dict:
+    """The options that change the maps (config.RESULT_OPTIONS): a checkpoint's fingerprint. Of the method
+    parameters, those the method reads: a changed --n_steps does not make a gradients run another one."""
+    from .. import methods
+
+    read = set(methods.reads(engine.row, engine.noise_tunnel))
+    return {key: plain(getattr(config, key)) for key in RESULT_OPTIONS
+            if key not in methods.PARAMETERS or key in read}

@@ -26,6 +26,7 @@ from ..output import writers
 from ..output.staging import CHECKPOINT_PREFIX, PART_MARKER, has_checkpoint
 
 VERSION = 2  # 2: --noise_tunnel among the result options
+READABLE = (1, 2)  # a version-1 checkpoint or part was made without a noise tunnel (`upgraded`)
 
 
 def fingerprint(plan) -> dict:
@@ -40,10 +41,19 @@ def fingerprint(plan) -> dict:
     }
 
 
+def upgraded(state: dict) -> dict:
+    """A version-1 checkpoint or part as version 2 reads it: its run had no --noise_tunnel."""
+    if state.get("version") == 1:
+        state["fingerprint"]["options"].setdefault("noise_tunnel", False)
+        state["version"] = VERSION
+    return state
+
+
 def differences(old: dict, new: dict) -> list[str]:
-    """What differs between two fingerprints, in the user's words."""
-    out = [f"{RESULT_OPTIONS.get(key, key)} (was {old['options'].get(key)!r}, now {value!r})"
-           for key, value in new["options"].items() if old["options"].get(key) != value]
+    """What differs between two fingerprints, in the user's words. Options recorded by one only are the
+    parameters of a method (or noise tunnel) the other did not use: METHOD or --noise_tunnel says so."""
+    out = [f"{RESULT_OPTIONS.get(key, key)} (was {old['options'][key]!r}, now {value!r})"
+           for key, value in new["options"].items() if key in old["options"] and old["options"][key] != value]
     if old["passes"] != new["passes"]:
         out.append("the sessions of the data group")
     models = sorted(set(old["models"]) | set(new["models"]))
@@ -69,9 +79,10 @@ class Checkpoint:
         except (OSError, ValueError) as error:
             raise MapsInterpretError(f"cannot read checkpoint {self.path} ({error}): add --overwrite_name to "
                                      "discard it and start over") from None
-        if state.get("version") != VERSION:
+        if state.get("version") not in READABLE:
             raise MapsInterpretError(f"{self.path} was written by another version of maps-interpret: add "
                                      "--overwrite_name to discard it and start over")
+        state = upgraded(state)
         if state["world"] != self.world:
             raise MapsInterpretError(
                 f"the interrupted run had {state['world']} rank(s), this one has {self.world}: resume it with the "
@@ -141,8 +152,12 @@ def read_part(run_dir: Path, fingerprint_: dict, part_id: int, num_parts: int) -
         raise MapsInterpretError(f"part {part_id} of {num_parts} is not finished ({marker} is missing): {hint} "
                                  f"(--num_parts {num_parts} --part_id {part_id})")
     state = json.loads(marker.read_text(encoding="utf-8"))
-    if state.get("version") != VERSION or state["part_id"] != part_id or state["num_parts"] != num_parts:
+    if state.get("version") not in READABLE:
+        raise MapsInterpretError(f"{marker} was written by another version of maps-interpret: recompute part "
+                                 f"{part_id} (--num_parts {num_parts} --part_id {part_id} --overwrite_name)")
+    if state["part_id"] != part_id or state["num_parts"] != num_parts:
         raise MapsInterpretError(f"{marker} is not part {part_id} of {num_parts} of this run")
+    state = upgraded(state)
     changed = differences(state["fingerprint"], fingerprint_)
     if changed:
         raise MapsInterpretError(f"--merge_parts: part {part_id} was computed with other settings ({', '.join(changed)}); "
