@@ -42,4 +42,26 @@ at::Tensor input_gradients(torch::jit::Module& model, const at::Tensor& batch, c
   return grads[0].to(at::kFloat);
 }
 
+namespace {
+
+class GradientMethod : public Method {
+ public:
+  GradientMethod(Network network, FromGradient map) : network_(std::move(network)), map_(std::move(map)) {}
+
+  at::Tensor attribute(const at::Tensor& x, const at::Tensor& targets, int64_t node,
+                       const std::vector<int64_t>& /*seeds*/) override {
+    return map_(input_gradients(network_.model, x, targets, network_.amp, node), x);
+  }
+
+ private:
+  Network network_;
+  FromGradient map_;
+};
+
+}  // namespace
+
+std::unique_ptr<Method> gradient_method(const Network& network, FromGradient map) {
+  return std::make_unique<GradientMethod>(network, std::move(map));
+}
+
 }  // namespace mi

@@ -5,7 +5,11 @@
 #include <ATen/ATen.h>
 #include <torch/script.h>
 
+#include <functional>
+#include <memory>
 #include <optional>
+
+#include "methods/method.h"
 
 namespace mi {
 
@@ -25,5 +29,10 @@ at::Tensor checked_output(const at::Tensor& output, int64_t batch_size, int64_t 
 
 // A one-hot seed for `output` (B, n_outputs): 1 at (i, targets[i]), as ClinicaDL's `output.backward(one_hot)`.
 at::Tensor one_hot_seed(const at::Tensor& output, const at::Tensor& targets);
+
+// A method whose map is made from each sample's input gradient and the sample itself by `map(gradient, x)`
+// (gradients: the gradient; input x gradient: their product), which may work in place on the gradient.
+using FromGradient = std::function<at::Tensor(at::Tensor gradient, const at::Tensor& x)>;
+std::unique_ptr<Method> gradient_method(const Network& network, FromGradient map);
 
 }  // namespace mi
