@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,17 @@ import pytest
 
 from helpers import fixture_root
 from parity import summary_lines
+
+
+REQUIRE = "MAPS_INTERPRET_REQUIRE_FIXTURES"  # set by .ci/run: the ClinicaDL oracle may not be skipped there
+
+
+def pytest_sessionstart(session) -> None:
+    """Under CI the ClinicaDL fixture is the oracle: its absence fails the run instead of skipping its tests."""
+    if os.environ.get(REQUIRE) == "1" and fixture_root() is None:
+        where = os.environ.get("MAPS_INTERPRET_FIXTURES") or "../shared/fixtures/clinicadl-1.6.1 (beside the checkout)"
+        pytest.exit(f"{REQUIRE}=1 but the ClinicaDL 1.6.1 fixture is not at {where}: its parity tests cannot be "
+                    "skipped here", returncode=3)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

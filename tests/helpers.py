@@ -17,9 +17,10 @@ DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skip
 
 
 def fixture_root() -> Path | None:
-    """MAPS_INTERPRET_FIXTURES, else shared/fixtures inside or beside the checkout."""
-    candidates = [os.environ.get("MAPS_INTERPRET_FIXTURES"), REPO / "shared" / "fixtures" / FIXTURE_NAME,
-                  REPO.parent / "shared" / "fixtures" / FIXTURE_NAME]
+    """$MAPS_INTERPRET_FIXTURES when set (and only it), else shared/fixtures inside or beside the checkout."""
+    given = os.environ.get("MAPS_INTERPRET_FIXTURES")
+    candidates = [given] if given else [REPO / "shared" / "fixtures" / FIXTURE_NAME,
+                                        REPO.parent / "shared" / "fixtures" / FIXTURE_NAME]
     for candidate in candidates:
         if candidate and (Path(candidate) / "maps_image_cls_clean" / "maps.json").is_file():
             return Path(candidate)

@@ -133,9 +133,11 @@ def test_prefetch_keeps_order_raises_in_order_and_stops_when_closed():
     stream = prefetch(endless(), depth=2)
     assert next(stream) == 0
     stream.close()  # the consumer stops early (an engine error, Ctrl-C): the producer must stop too
-    time.sleep(0.3)
-    assert len(produced) <= 5
+    deadline = time.monotonic() + 5  # wait for the state (the thread gone), not for a time
+    while any(t.name == "maps-interpret-prefetch" for t in threading.enumerate()) and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert not any(t.name == "maps-interpret-prefetch" and t.is_alive() for t in threading.enumerate())
+    assert len(produced) <= 5
 
 
 def test_worker_outputs_equal_main_process_outputs(tmp_path):

@@ -175,3 +175,49 @@ def test_readers_threads_processes_and_small_shared_memory_give_the_same_maps(de
             for name in files:
                 assert torch.equal(torch.load(ours / "interpret-x" / name, weights_only=True),
                                    torch.load(ours / f"interpret-{run}" / name, weights_only=True)), (run, name)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["lrp"], "argument METHOD: invalid choice: 'lrp' (choose from 'gradients', 'grad-cam'"),
+    (["--target_node", "first"], "argument --target_node: expected an output node (0, 1, ...), label or predicted"),
+    (["--num_parts", "2"], "--num_parts 2 needs --part_id I (0..1): which part this job computes"),
+    (["--num_parts", "2", "--part_id", "1", "--merge_parts"], "--merge_parts combines every part: remove --part_id"),
+])
+def test_usage_errors_are_one_line_with_a_hint(tmp_path, argv, message):
+    """argparse's own errors too: one line and where to look, not the whole usage block."""
+    result = subprocess.run([sys.executable, "-m", "maps_interpret", str(tmp_path), "test", "x", *argv, "--no-gpu"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("maps-interpret: error: "), lines
+    assert "usage:" not in result.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_diagnoses_without_a_tsv_are_refused(demo, capsys):
+    """-d filters the rows of --participants_tsv: on an existing group without a TSV it would be ignored."""
+    assert main(["maps", "test", "x", "--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps",
+                 "--no-gpu", "-np", "0"]) == 0
+    capsys.readouterr()
+    assert main(["maps", "test", "y", "-d", "AD", "--no-gpu"]) == 2
+    assert "-d/--diagnoses filters the rows of --participants_tsv, which is not given (data group test is already " \
+           "defined" in capsys.readouterr().err
+    assert not (demo / "maps/split-0/best-loss/test/interpret-y").exists()
+
+
+def test_a_mean_map_of_zeros_is_reported(demo, monkeypatch, caplog):
+    from maps_interpret.engine import Engine
+
+    real = Engine.state
+
+    def zeroed(self, subsets=False):
+        state = real(self, subsets)
+        if state:
+            state["sums"] = state["sums"].zero_()
+        return state
+
+    monkeypatch.setattr(Engine, "state", zeroed)
+    with caplog.at_level("WARNING", logger="maps_interpret"):
+        assert main(["maps", "test", "z", "--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps",
+                     "--no-gpu", "-np", "0"]) == 0
+    assert "split-1/best-loss/test/interpret-z: the mean map of 1 image(s) (image-0) is 0 everywhere (grad-cam: " \
+           "every channel weight negative" in caplog.text

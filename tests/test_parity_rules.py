@@ -124,3 +124,17 @@ def test_cpu_capability_is_what_torch_dispatches():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == "AVX2"
+
+
+def test_ci_fails_without_the_fixture(tmp_path):
+    """Under .ci/run (MAPS_INTERPRET_REQUIRE_FIXTURES=1) a missing fixture fails the run, it is not skipped."""
+    env = {**os.environ, "MAPS_INTERPRET_REQUIRE_FIXTURES": "1", "MAPS_INTERPRET_FIXTURES": str(tmp_path / "none")}
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_maps.py"],
+                            cwd=repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 3, result.stdout[-2000:]
+    assert "MAPS_INTERPRET_REQUIRE_FIXTURES=1 but the ClinicaDL 1.6.1 fixture is not at" in result.stdout + result.stderr
+    env.pop("MAPS_INTERPRET_REQUIRE_FIXTURES")
+    skipped = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_maps.py"],
+                             cwd=repo, env=env, capture_output=True, text=True)
+    assert skipped.returncode == 0 and "skipped" in skipped.stdout

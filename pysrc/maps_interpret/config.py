@@ -158,8 +158,9 @@ class InterpretConfig:
         "--num_parts", type=int, metavar="K",
         help="Split the sessions into K parts computed by separate jobs (with --part_id), then combined by "
              "--merge_parts (default: 1, no parts)."))
-    part_id: int = field(default=0, metadata=_opt(
-        "--part_id", type=int, metavar="I", help="Which part this job computes, 0..K-1 (with --num_parts K)."))
+    part_id: Optional[int] = field(default=None, metadata=_opt(
+        "--part_id", type=int, metavar="I",
+        help="Which part this job computes, 0..K-1 (with --num_parts K; required then, but with --merge_parts)."))
     merge_parts: bool = field(default=False, metadata=_opt(
         "--merge_parts", help="Combine the K finished parts (--num_parts K) into the final maps and data group."))
     verbose: bool = field(default=False, metadata=_opt(
@@ -192,9 +193,14 @@ def validate(config: InterpretConfig) -> None:
         raise UsageError(f"--checkpoint_every must be 0 (only on signals) or more, got {config.checkpoint_every}")
     if config.num_parts < 1:
         raise UsageError(f"--num_parts must be at least 1, got {config.num_parts}")
-    if not 0 <= config.part_id < config.num_parts:
+    if config.part_id is None and config.num_parts > 1 and not config.merge_parts:
+        raise UsageError(f"--num_parts {config.num_parts} needs --part_id I (0..{config.num_parts - 1}): which part "
+                         "this job computes; or --merge_parts to combine the finished parts")
+    if config.part_id is not None and not 0 <= config.part_id < config.num_parts:
         raise UsageError(f"--part_id must be in 0..{config.num_parts - 1} (--num_parts {config.num_parts}), "
                          f"got {config.part_id}")
+    if config.part_id is not None and config.merge_parts:
+        raise UsageError("--merge_parts combines every part: remove --part_id")
     if config.merge_parts and config.num_parts < 2:
         raise UsageError("--merge_parts needs --num_parts K (K >= 2): the number of parts to combine")
     if config.resume and config.overwrite:

@@ -31,6 +31,10 @@ class DataclassParser(ArgumentParser):
             kwargs["default"] = None if action == "append" else spec.default
         return super().add_argument(*args, **kwargs)
 
+    def error(self, message: str):
+        """A usage error as one line and a hint, not argparse's whole usage block (exit status 2)."""
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
 
 def say(line: str) -> None:
     """One line on stderr in one write: the ranks of a torchrun job share it, and `print` writes the text and

@@ -73,7 +73,7 @@ def placement(plan, data_pass, element: Optional[int],
     return space.Placement(data_pass.layout, element, data_pass.image_shape, factor, source)
 
 
-def write_means(plan, data_pass, partial: Partial, folder: Path) -> None:
+def write_means(plan, data_pass, job, partial: Partial, folder: Path) -> None:
     """Each element's mean map (ClinicaDL's file name); with --statistics its mean |map| and standard
     deviation; with --group_by the same per subset, named after it; in patch/slice/roi mode each of these
     also as one image-space map. ClinicaDL divides every element's sum by sessions x elements per image
@@ -92,7 +92,12 @@ def write_means(plan, data_pass, partial: Partial, folder: Path) -> None:
         single = [key for key, count in zip(partial.ids, partial.counts) if count == 1]
         if single:
             log.warning("%s: %d element(s) or subset(s) hold a single map: their standard deviation is written as "
-                        "0", folder.name, len(single))
+                        "0", where(plan, job), len(single))
+    flat = [key for key, value in means.items() if not bool(value.abs().amax() > 0)]
+    if flat:  # nothing wrong in the run, but a map of zeros shows nothing: say why it may be so
+        log.warning("%s: the mean map of %d %s(s) (%s) is 0 everywhere (grad-cam: every channel weight negative, "
+                    "the ReLU zeroed it); try another --target_node or --level_grad_cam", where(plan, job), len(flat),
+                    mode, ", ".join(_key_name(output, data_pass, key, mode) for key in flat[:4]))
     counts = dict(zip(partial.ids, partial.counts))
     source = group_reference(data_pass) if output.save_nifti else None
     listing = []
@@ -121,6 +126,16 @@ def write_means(plan, data_pass, partial: Partial, folder: Path) -> None:
         writers.write_tsv(folder / "subsets.tsv", ["participant_id", "session_id", f"{mode}_id", output.group_by],
                           [{"participant_id": p, "session_id": s, f"{mode}_id": e,
                             output.group_by: subset_name(data_pass, g)} for p, s, e, g in partial.members])
+
+
+def where(plan, job) -> str:
+    """A job's folder as the logs name it."""
+    return f"{plan.maps.split_name}-{job.split}/best-{job.metric}/{plan.output.data_group}/interpret-{plan.output.name}"
+
+
+def _key_name(output, data_pass, key: int, mode: str) -> str:
+    subset, element = split_key(key)
+    return f"{_label(output, data_pass, subset)}{mode}-{element}"
 
 
 def _label(output, data_pass, subset: Optional[int]) -> str:

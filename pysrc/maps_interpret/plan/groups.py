@@ -48,6 +48,10 @@ def plan_group(maps: Maps, config: InterpretConfig) -> GroupPlan:
     exists = (maps.groups_dir / name).is_dir()
     given = config.participants_tsv is not None or config.caps_directory is not None
     participants = None
+    if config.diagnoses and config.participants_tsv is None and not config.resume:
+        state = f"is already defined in {maps.groups_dir / name}" if exists else "does not exist yet"
+        raise UsageError(f"-d/--diagnoses filters the rows of --participants_tsv, which is not given (data group "
+                         f"{name} {state}): remove -d, or give the TSV (with --overwrite to redefine the group)")
     if config.participants_tsv is not None:  # read first, as ClinicaDL does: a bad TSV fails before anything
         participants = load_participants(
             config.participants_tsv, config.diagnoses or maps.params["diagnoses"], config.multi_cohort,
@@ -72,6 +76,7 @@ def plan_group(maps: Maps, config: InterpretConfig) -> GroupPlan:
             raise UsageError(
                 f"data group {name} is already defined in {maps.groups_dir / name}: to use it, give neither "
                 "--participants_tsv nor --caps_directory; to redefine it (erasing its results), add --overwrite")
+
         return GroupPlan(name, new_definition=None, erase_results=False)
     if config.participants_tsv is None or config.caps_directory is None:
         missing = " and ".join(opt for opt, value in (("--participants_tsv", config.participants_tsv),

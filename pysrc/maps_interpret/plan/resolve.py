@@ -55,7 +55,7 @@ def resolve(config: InterpretConfig, engine: EngineSettings, device: str) -> Set
                               overwrite_name=config.overwrite_name),
         run=RunSettings(data_group=config.data_group, name=config.name, resume=config.resume,
                         checkpoint_every=config.checkpoint_every, num_parts=config.num_parts,
-                        part_id=config.part_id, merge_parts=config.merge_parts,
+                        part_id=config.part_id or 0, merge_parts=config.merge_parts,
                         overwrite_name=config.overwrite_name),
         sanity=SanitySettings(enabled=config.sanity_check, sessions=config.sanity_sessions),
         options=record(config),

@@ -31,7 +31,7 @@ def publish(plan, index: int, data_pass, staging: Staging, checkpoint: checkpoin
             merged = checkpoint.partials(index, len(data_pass.jobs))
         for job_index, (job, partial) in enumerate(zip(data_pass.jobs, merged)):
             folder = staging.job_dir(index, job_index)
-            results.write_means(plan, data_pass, partial, folder)
+            results.write_means(plan, data_pass, job, partial, folder)
             results.write_individual_image_space(plan, data_pass, folder)
             _sanity_check(plan, data_pass, job, partial, folder)
             writers.write_json(folder / provenance.FILE, provenance.provenance(
@@ -89,7 +89,7 @@ def merge_parts(plan, summary: RunSummary) -> None:
             for job_index, job in enumerate(data_pass.jobs):
                 folder = staging.job_dir(index, job_index)
                 partial = merge_all(partials[job_index] for partials in per_part)
-                results.write_means(plan, data_pass, partial, folder)
+                results.write_means(plan, data_pass, job, partial, folder)
                 _sanity_check(plan, data_pass, job, partial, folder)
                 for run_dir, _ in parts:  # the parts' individual maps: hard links, no copy
                     for path in sorted((run_dir / f"pass-{index}-job-{job_index}").glob("*")):
