@@ -79,6 +79,8 @@ PYBIND11_MODULE(_core, m) {
            py::arg("targets") = Ids{}, py::arg("seeds") = Ids{}, py::arg("subsets") = Ids{},
            py::arg("labels") = Ids{}, Release())
       .def("reserve", &mi::Engine::reserve, py::arg("ids"), Release())
+      .def("restore", &mi::Engine::restore, py::arg("subsets"), py::arg("ids"), py::arg("counts"), py::arg("sums"),
+           py::arg("abs_sums") = py::none(), py::arg("mean64") = py::none(), py::arg("m2") = py::none(), Release())
       .def("ids", &mi::Engine::ids, py::arg("subsets") = false, Release())
       .def("counts", &mi::Engine::counts, py::arg("subsets") = false, Release())
       .def("sums", &mi::Engine::sums, py::arg("subsets") = false, Release())

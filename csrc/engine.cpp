@@ -231,6 +231,18 @@ double Engine::zero_fraction() const {
   return static_cast<double>(zeros_.item<int64_t>()) / static_cast<double>(values_);
 }
 
+void Engine::restore(bool subsets, const std::vector<int64_t>& ids, const std::vector<int64_t>& counts,
+                     const at::Tensor& sums, const std::optional<at::Tensor>& abs_sums,
+                     const std::optional<at::Tensor>& mean64, const std::optional<at::Tensor>& m2) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  auto on_device = [&](const std::optional<at::Tensor>& t) -> std::optional<at::Tensor> {
+    if (!t.has_value() || !t->defined()) return std::nullopt;
+    return t->to(device_);
+  };
+  (subsets ? subsets_ : sums_).restore(ids, counts, sums.to(device_), on_device(abs_sums), on_device(mean64),
+                                       on_device(m2));
+}
+
 void Engine::reserve(const std::vector<int64_t>& ids) {
   std::lock_guard<std::mutex> lock(mutex_);
   sums_.reserve(ids);

@@ -67,6 +67,12 @@ class Engine {
   // The element ids this engine will see (from the plan): their sums are allocated once.
   void reserve(const std::vector<int64_t>& ids);
 
+  // What an interrupted run had summed (its checkpoint), per element id or, with `subsets`, per subset key: the
+  // next maps continue those very running sums (ElementSums::restore). Moved to the engine's device.
+  void restore(bool subsets, const std::vector<int64_t>& ids, const std::vector<int64_t>& counts,
+               const at::Tensor& sums, const std::optional<at::Tensor>& abs_sums,
+               const std::optional<at::Tensor>& mean64, const std::optional<at::Tensor>& m2);
+
   // Per element id, or with `subsets` per (subset, element) key (see kSubsetStride).
   std::vector<int64_t> ids(bool subsets = false) const;
   std::vector<int64_t> counts(bool subsets = false) const;

@@ -73,6 +73,42 @@ void ElementSums::add(const at::Tensor& maps, const std::vector<int64_t>& ids) {
   }
 }
 
+void ElementSums::restore(const std::vector<int64_t>& ids, const std::vector<int64_t>& counts, const at::Tensor& sums,
+                          const std::optional<at::Tensor>& abs_sums, const std::optional<at::Tensor>& mean64,
+                          const std::optional<at::Tensor>& m2) {
+  TORCH_CHECK(!sums_.defined(), "ElementSums.restore: maps were already added");
+  TORCH_CHECK(ids.size() == counts.size() && sums.dim() >= 1 && sums.size(0) == static_cast<int64_t>(ids.size()),
+              "ElementSums.restore: ", ids.size(), " ids, ", counts.size(), " counts and sums of shape ", sums.sizes());
+  TORCH_CHECK(!statistics_ || (abs_sums && mean64 && m2), "ElementSums.restore: statistics need |map| sums, means and M2");
+  if (ids.empty()) return;
+  for (auto id : ids) {
+    if (!slot_of_.count(id)) {
+      slot_of_[id] = static_cast<int64_t>(counts_.size());
+      counts_.push_back(0);
+    }
+  }
+  std::vector<int64_t> shape{static_cast<int64_t>(counts_.size())};
+  const auto element_shape = sums.sizes().slice(1);
+  shape.insert(shape.end(), element_shape.begin(), element_shape.end());
+  sums_ = at::zeros(shape, sums.options().dtype(at::kFloat));
+  if (statistics_) {
+    abs_sums_ = at::zeros_like(sums_);
+    mean64_ = at::zeros(shape, sums.options().dtype(at::kDouble));
+    m2_ = at::zeros_like(mean64_);
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const int64_t slot = slot_of_.at(ids[i]);
+    const int64_t row = static_cast<int64_t>(i);
+    counts_[slot] = counts[i];
+    sums_[slot].copy_(sums[row]);
+    if (statistics_) {
+      abs_sums_[slot].copy_((*abs_sums)[row]);
+      mean64_[slot].copy_((*mean64)[row]);
+      m2_[slot].copy_((*m2)[row]);
+    }
+  }
+}
+
 at::Tensor ElementSums::rows(const at::Tensor& all, const char* missing) const {
   TORCH_CHECK(all.defined(), missing);
   const auto slots = sorted_slots();

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <vector>
 
 namespace mi {
@@ -25,6 +26,14 @@ class ElementSums {
 
   // maps: (B, *element_shape) on any device; ids: B element ids.
   void add(const at::Tensor& maps, const std::vector<int64_t>& ids);
+
+  // Continues from what an earlier run had added (a checkpoint): per id its count, float32 sum and, with
+  // statistics, |map| sum and float64 Welford mean and M2 (rows in `ids` order, any device). The maps added next
+  // then join the very same running sums, in the same order, as in a run that was never interrupted. Only
+  // before any `add`; reserved ids keep their rows.
+  void restore(const std::vector<int64_t>& ids, const std::vector<int64_t>& counts, const at::Tensor& sums,
+               const std::optional<at::Tensor>& abs_sums, const std::optional<at::Tensor>& mean64,
+               const std::optional<at::Tensor>& m2);
 
   std::vector<int64_t> ids() const;     // sorted element ids seen so far
   std::vector<int64_t> counts() const;  // one per id, same order

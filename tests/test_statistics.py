@@ -13,7 +13,7 @@ from torch import nn
 
 from maps_interpret.engine import SUBSET_STRIDE as CORE_STRIDE
 from helpers import make_engine
-from maps_interpret.engine import Engine
+from maps_interpret.engine import Engine, EngineError
 from maps_interpret.engine.partials import SUBSET_STRIDE, Partial, merge_all, split_key
 
 
@@ -26,8 +26,8 @@ class Echo(nn.Module):
         return torch.stack([0.5 * (flat * flat).sum(1), flat[:, 0] * 1e6], 1)
 
 
-def echo(**options) -> Engine:
-    return make_engine(torch.jit.script(Echo()), statistics=True, **options)
+def echo(element_ids=None, **options) -> Engine:
+    return make_engine(torch.jit.script(Echo()), statistics=True, element_ids=element_ids, **options)
 
 
 def two_pass(maps: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -99,6 +99,30 @@ def test_subsets_given_predicted_and_correct():
             rows = [i for i, s in enumerate(groups) if s == subset]
             assert_statistics(partial, (subset + 1) * SUBSET_STRIDE, maps[rows])
             assert split_key((subset + 1) * SUBSET_STRIDE + 3) == (subset, 3)
+
+
+def test_a_restored_engine_continues_the_same_running_sums():
+    """A checkpoint's state given to a new engine (Engine.restore), then the remaining batches: every sum, count,
+    Welford mean and M2, of elements and subsets, equal bit for bit to one engine that never stopped."""
+    g = torch.Generator().manual_seed(3)
+    maps = 1000 + torch.randn((16, 1, 3, 4), generator=g)
+    ids, subsets = [0, 1] * 8, [0, 1, 1, 2] * 4
+    whole, first = echo(group_by="given"), echo(group_by="given", element_ids=[0, 1])
+    for start in range(0, 16, 4):
+        whole.accumulate(maps[start:start + 4], ids[start:start + 4], subsets=subsets[start:start + 4])
+    for start in range(0, 8, 4):
+        first.accumulate(maps[start:start + 4], ids[start:start + 4], subsets=subsets[start:start + 4])
+    resumed = echo(group_by="given", element_ids=[0, 1])
+    resumed.restore(Partial.from_state(Partial.of_engine(first).state()).state())  # through a checkpoint's format
+    for start in range(8, 16, 4):
+        resumed.accumulate(maps[start:start + 4], ids[start:start + 4], subsets=subsets[start:start + 4])
+    for keys in (False, True):
+        a, b = whole.state(subsets=keys), resumed.state(subsets=keys)
+        assert a["ids"] == b["ids"] and a["counts"] == b["counts"]
+        for name in ("sums", "abs_sums", "mean64", "m2"):
+            assert torch.equal(a[name], b[name]), (keys, name)
+    with pytest.raises(EngineError, match="maps were already added"):
+        resumed.restore(Partial.of_engine(first).state())
 
 
 def test_a_single_map_has_zero_deviation_not_nan():

@@ -70,6 +70,24 @@ class Engine:
                                      [int(t) for t in targets or ()], [int(s) for s in seeds or ()],
                                      [int(s) for s in subsets or ()], [int(x) for x in labels or ()])
 
+    def restore(self, state: dict) -> None:
+        """Continues the running sums of an interrupted run: `state` holds ids, counts, sums (and, with statistics,
+        abs_sums, mean64, m2), as `state()` gives them, element ids and subset keys together. The maps added next
+        join those sums in the order they would have joined them had the run never stopped (same values, bit for
+        bit). Only before the first batch."""
+        if not state or not state.get("ids"):
+            return
+        keys = list(state["ids"])
+        for subsets in (False, True):
+            rows = [row for row, key in enumerate(keys) if (key >= SUBSET_STRIDE) == subsets]
+            if not rows:
+                continue
+            index = torch.tensor(rows)
+            pick = {name: state[name].index_select(0, index) for name in ("sums", "abs_sums", "mean64", "m2")
+                    if state.get(name) is not None}
+            self._core.restore(subsets, [keys[row] for row in rows], [state["counts"][row] for row in rows],
+                               pick["sums"], pick.get("abs_sums"), pick.get("mean64"), pick.get("m2"))
+
     def state(self, subsets: bool = False) -> dict:
         """What has been accumulated, per element id (or per subset key): ids, counts, float32 sums and, with
         statistics, sums of |map|, float64 Welford means and M2; {} when nothing was."""

@@ -77,19 +77,23 @@ def run_shard(plan, index: int, data_pass, staging: Staging, checkpoint: checkpo
         try:
             engine = Interpreter.from_maps(maps, job.split, job.metric, plan.device).engine(settings,
                                                                                           data_pass.element_ids)
+            # An interrupted run's sums are continued, not added to later: the resumed run's means are those of
+            # a run that never stopped, bit for bit.
+            engine.restore(prior[job_index].state())
         except EngineError as error:
             raise MapsInterpretError(f"{job.model_path}: {first_line(error)}") from None
         engines.append((job, engine, staging.job_dir(index, job_index)))
     summary.engine_seconds += time.perf_counter() - start
 
-    members: list[list] = [[] for _ in engines]  # group_by: who fell in which subset, per model
+    # group_by: who fell in which subset, per model (an interrupted run's first)
+    members: list[list] = [list(before.members) for before in prior]
 
     def partials() -> list[Partial]:
         out = []
-        for before, (_, engine, _), mine in zip(prior, engines, members):
+        for (_, engine, _), mine in zip(engines, members):
             now = Partial.of_engine(engine)
             now.members = list(mine)
-            out.append(before.to(engine.device).merge(now))
+            out.append(now)
         return out
 
     label_code = maps.params.get("label_code")
