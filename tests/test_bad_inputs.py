@@ -126,24 +126,37 @@ def test_verbose_shows_the_traceback(demo):
 
 
 def test_disk_full_while_writing(demo, capsys, monkeypatch):
-    """A write that fails (ENOSPC) stops the run with a clear error; nothing partial stays in the MAPS."""
+    """A write that fails (ENOSPC) stops the run with one line naming the file; without a checkpoint nothing
+    partial stays in the MAPS; with one, it is kept and --continue finishes the run once there is space."""
     from maps_interpret.output import writers
 
-    calls = {"n": 0}
+    calls = {"n": 0, "full": True, "after": 3}
     real = writers.save_tensor
 
     def filling_up(tensor, path):
         calls["n"] += 1
-        if calls["n"] > 3:
-            raise OSError(28, "No space left on device")
+        if calls["n"] > calls["after"] and calls["full"]:
+            raise OSError(28, "No space left on device", str(path))
         real(tensor, path)
 
     monkeypatch.setattr(writers, "save_tensor", filling_up)
     before = tree_digest(demo / "maps")
     assert main(["maps", "test", "x", *NEW_GROUP, "--no-gpu", "-np", "0", "--save_individual"]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "writing maps into maps failed (No space left on device); the results of this pass were discarded" in err
+    assert "_image-0_map.pt failed (No space left on device): free space or fix permissions" in err
+    assert err.startswith("maps-interpret: error: writing maps/.maps-interpret-staging/test-x/pass-0-job-")
     assert tree_digest(demo / "maps") == before
+
+    calls["n"], calls["after"] = 0, 5  # the first batch's 4 maps and checkpoint written, then the disk is full
+    assert main(["maps", "test", "y", *NEW_GROUP, "--no-gpu", "-np", "0", "--save_individual",
+                 "--checkpoint_every", "1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "free space or fix permissions; the progress is kept in maps/.maps-interpret-staging/test-y: then run " \
+           "the same command with --continue" in err
+    calls["full"] = False
+    assert main(["maps", "test", "y", *NEW_GROUP, "--no-gpu", "-np", "0", "--save_individual",
+                 "--checkpoint_every", "1", "--continue"]) == 0
+    assert len(list((demo / "maps/split-0/best-loss/test/interpret-y").glob("sub-*.pt"))) == 4
 
 
 def test_out_of_memory_names_the_model_and_the_fix(demo, capsys, monkeypatch):

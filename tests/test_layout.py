@@ -16,7 +16,7 @@ MAX_LINES = 400
 # Lowest first. A module may import modules of its own unit or of a lower floor only (units on one floor do not
 # import each other). A unit is a sub-package or a top-level module.
 FLOORS = [
-    ("errors", "names", "_version"),
+    ("errors", "names", "_version", "signals"),
     ("methods", "tables"),
     ("config", "settings", "maps"),
     ("data", "engine"),

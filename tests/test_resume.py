@@ -129,8 +129,15 @@ def test_continue_without_a_checkpoint_runs_from_the_start(demo):
     assert result.returncode == 0, result.stderr
     assert "no checkpoint of an interrupted run" in result.stderr
     assert_same_maps(outputs(root, "fresh"), reference)
-    again = resume(root, "fresh")  # finished: its folders exist, nothing to resume
-    assert again.returncode == 1 and "interpret-fresh already exists" in again.stderr
+    finished = tree_digest(root / "maps")
+    again = resume(root, "fresh")  # finished: a script that always passes --continue (a requeued job) succeeds
+    assert again.returncode == 0, again.stderr
+    assert "interpret-fresh: already complete (every folder holds this run's maps); nothing to do" in again.stderr
+    assert again.stdout.splitlines() == ["maps/split-0/best-loss/test/interpret-fresh",
+                                         "maps/split-1/best-loss/test/interpret-fresh"]
+    assert tree_digest(root / "maps") == finished  # nothing rewritten
+    other = resume(root, "fresh", "--save_nifti")  # another run of the same NAME: refused, as without --continue
+    assert other.returncode == 1 and "interpret-fresh already exists" in other.stderr
 
 
 def test_overwrite_name_discards_a_checkpoint(demo):

@@ -243,7 +243,7 @@ def method_parameters(config: InterpretConfig) -> dict:
     return {name: getattr(config, name) for name in methods.PARAMETERS}
 
 
-# Options that change the maps (or which maps exist), as the user spells them: a checkpoint records their values
+# Options that change the maps (or which files exist), as the user spells them: a checkpoint records their values
 # (runner/checkpoints.py) and --continue refuses a run that changes one. Not: -np, --reader, --preprocess_on (same
 # values bit for bit), --verbose, --overwrite/--overwrite_name, --continue, --checkpoint_every, --part_id.
 RESULT_OPTIONS = {
@@ -251,7 +251,8 @@ RESULT_OPTIONS = {
     "save_individual": "--save_individual", "save_nifti": "--save_nifti", "compat": "--compat", "amp": "--amp",
     "deterministic": "--deterministic", "batch_size": "--batch_size", "gpu": "--gpu/--no-gpu",
     "num_parts": "--num_parts", "abs": "--abs", "statistics": "--statistics", "group_by": "--group_by",
-    "noise_tunnel": "--noise_tunnel", **{name: f"--{name}" for name in methods.PARAMETERS},
+    "noise_tunnel": "--noise_tunnel", "save_figures": "--save_figures", "sanity_check": "--sanity_check",
+    "sanity_sessions": "--sanity_sessions", **{name: f"--{name}" for name in methods.PARAMETERS},
 }
 
 

@@ -12,7 +12,7 @@ from argparse_dataclass import ArgumentParser
 
 from ..config import InterpretConfig
 from ..errors import first_line
-from ..runner import signals
+from .. import signals
 from .common import DataclassParser, exit_now, report, say
 
 PROG = "maps-interpret"

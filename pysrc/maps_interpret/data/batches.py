@@ -7,7 +7,7 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from queue import Empty, Full, Queue
-from typing import Iterable, Iterator, Optional, TypeVar
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 import torch
 
@@ -122,22 +122,23 @@ def rebatch(items: Iterable[SessionItem], batch_size: int, pin: bool = False, sk
         yield emit(pending)
 
 
-def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
+def prefetch(items: Iterable[T], depth: int, stop: Optional[Callable[[], object]] = None) -> Iterator[T]:
     """`items`, produced up to `depth` ahead by a background thread; depth 0 is `items` itself. On a GPU the
     main thread only queues device work, so receiving the workers' tensors and copying them into pinned
     batches (GIL released) overlaps the device's compute instead of delaying it. Errors of the producer are
-    raised here, in order; closing this generator early stops the producer after its current item. Pass an
-    iterator made in the calling thread (`iter(loader)`): a DataLoader's workers must start from the main
-    thread, where torch watches them for crashes."""
+    raised here, in order; closing this generator early stops the producer after its current item. `stop`:
+    polled while an item is awaited; when it returns something true the items end there (a stop signal need
+    not wait for a slow read). Pass an iterator made in the calling thread (`iter(loader)`): a DataLoader's
+    workers must start from the main thread, where torch watches them for crashes."""
     if depth <= 0:
         yield from items
         return
     queue: Queue = Queue(maxsize=depth)
-    stop = threading.Event()
+    done = threading.Event()
     end = object()
 
     def put(entry) -> bool:
-        while not stop.is_set():
+        while not done.is_set():
             try:
                 queue.put(entry, timeout=0.1)
                 return True
@@ -159,8 +160,10 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
     try:
         while True:
             try:
-                item, error = queue.get(timeout=1.0)
+                item, error = queue.get(timeout=0.2)
             except Empty:
+                if stop is not None and stop():
+                    return
                 if thread.is_alive():
                     continue
                 raise RuntimeError("the batch prefetching thread ended without a result") from None
@@ -172,5 +175,5 @@ def prefetch(items: Iterable[T], depth: int) -> Iterator[T]:
     finally:
         # The producer stops at its next item; not waiting for it keeps Ctrl-C and SIGTERM prompt (a scheduler
         # kills soon after SIGTERM, and the staging folder must be removed first). It is a daemon thread.
-        stop.set()
+        done.set()
         thread.join(timeout=1.0)

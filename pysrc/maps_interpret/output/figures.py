@@ -137,20 +137,23 @@ def title(plan, data_pass, job, figure: Figure) -> str:
             f"{output.data_group}, {output.method}, n = {len(data_pass.sessions)}")
 
 
-def draw_run(plan) -> None:
-    """Every folder of the run: a PNG beside each statistic map, figures.json, index.html; interpret.json's
-    list of outputs brought up to date."""
+def draw_run(plan, folders: list[tuple]) -> None:
+    """Every folder of the run, (data pass, job, folder) each (the folders still staged: figures are drawn before
+    anything is published): a PNG beside each statistic map, figures.json, index.html; interpret.json's list of
+    outputs brought up to date. A stop signal is honoured between folders (`check`)."""
+    from .. import signals
+
     mode = plan.maps.mode
-    folders = [(data_pass, job) for data_pass in plan.passes for job in data_pass.jobs]
-    figures = {job.output_dir: maps_to_draw(job.output_dir, mode) for _, job in folders}
+    figures = {folder: maps_to_draw(folder, mode) for _, _, folder in folders}
     scales = colour_scales([f for listing in figures.values() for f in listing])
     backgrounds = {}  # per pass: its jobs share the sessions
-    for data_pass, job in folders:
+    for data_pass, job, folder in folders:
+        signals.check()
         if id(data_pass) not in backgrounds:
             backgrounds[id(data_pass)] = mean_input(data_pass, plan.maps.params, mode)
         background = backgrounds[id(data_pass)]
         drawn = []
-        for figure in figures[job.output_dir]:
+        for figure in figures[folder]:
             png = figure.map_file.with_suffix(".png")
             map_ = torch.load(figure.map_file, weights_only=True)
             if tuple(map_.shape[1:]) != tuple(background.shape[1:]):
@@ -160,14 +163,13 @@ def draw_run(plan) -> None:
             writers.atomic_write_bytes(png, draw(map_, background, scales[figure.statistic],
                                                  title(plan, data_pass, job, figure)))
             drawn.append((figure, png))
-        _write_index(plan, data_pass, job, drawn, scales)
-        _refresh_outputs(job.output_dir)
+        _write_index(plan, data_pass, job, folder, drawn, scales)
+        _refresh_outputs(folder)
     log.info("figures: %d drawn, colour scales %s", sum(len(f) for f in figures.values()),
              ", ".join(f"{k} +-{v:.3g}" for k, v in scales.items()))
 
 
-def _write_index(plan, data_pass, job, drawn: list, scales: dict[str, float]) -> None:
-    folder = job.output_dir
+def _write_index(plan, data_pass, job, folder: Path, drawn: list, scales: dict[str, float]) -> None:
     output = plan.output
     n_background = min(BACKGROUND_SESSIONS, len(data_pass.sessions))
     writers.write_json(folder / FIGURES_FILE, {

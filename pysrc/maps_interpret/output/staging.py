@@ -123,18 +123,24 @@ class Staging:
 
     @staticmethod
     def publish(staged: Path, final: Path, replace: bool) -> None:
-        """Moves a finished folder to `final`. An existing `final` is replaced only if `replace`,
-        and only now that its successor is complete."""
+        """Moves a finished folder to `final`. An existing `final` is replaced only if `replace`, and only now
+        that its successor is complete; if the successor cannot be put in place, the old folder is put back.
+        Old folders that a killed run had set aside (`.<name>.replaced-*`) go once a successor is in place."""
         final.parent.mkdir(parents=True, exist_ok=True)
-        if not final.exists():
+        if final.exists():
+            if not replace:
+                raise FileExistsError(f"{final} appeared during the run; it was left untouched")
+            old = final.with_name(f".{final.name}.replaced-{os.getpid()}-{time.monotonic_ns()}")
+            os.replace(final, old)
+            try:
+                os.replace(staged, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
+        else:
             os.replace(staged, final)
-            return
-        if not replace:
-            raise FileExistsError(f"{final} appeared during the run; it was left untouched")
-        old = final.with_name(f".{final.name}.replaced-{os.getpid()}-{time.monotonic_ns()}")
-        os.replace(final, old)
-        os.replace(staged, final)
-        shutil.rmtree(old)
+        for old in final.parent.glob(f".{final.name}.replaced-*"):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def has_checkpoint(folder: Path) -> bool:

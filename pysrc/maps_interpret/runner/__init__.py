@@ -1,4 +1,3 @@
 """Running a plan: passes over the data in batches through the engines (passes.py), ranks of a torchrun job
-(distributed.py), checkpoints and parts (checkpoints.py), stop signals (signals.py), the means, group and
-folders published (publish.py); `run(config)` ties them together (run.py). Importing this package is cheap
-(the CLI imports signals.py)."""
+(distributed.py), checkpoints and parts (checkpoints.py), the means, group and folders published
+(publish.py); `run(config)` ties them together (run.py). Stop signals: ../signals.py."""

@@ -2,7 +2,8 @@
 
 A checkpoint belongs to one rank of one run folder (output/staging.py): per pass, how many of the rank's
 elements have been added (in ClinicaDL's session-major order), the partial sums of each model over them
-(partials.Partial), and whether the pass's means are written or published. It is written atomically: the
+(partials.Partial), its state ("running", "computed": summed over the ranks, "written": every folder's files in
+staging) and which of its jobs' folders are published; and the run's steps done once (figures drawn). It is written atomically: the
 sums files first, then the JSON that names them (the generation before stays valid until it is replaced).
 Individual maps go through the same background writer before the JSON, so every element the checkpoint
 counts has its map on disk.
@@ -68,7 +69,9 @@ class Checkpoint:
         self.run_dir = Path(run_dir)
         self.rank, self.world, self.fingerprint = rank, world, fingerprint_
         self.path = self.run_dir / f"{CHECKPOINT_PREFIX}-{rank}.json"
-        self.passes: dict[int, dict] = {}  # pass -> {"done", "state", "sums": [file per job], "generation"}
+        # pass -> {"done", "state", "sums": [file per job], "generation", "published": [job indices]}
+        self.passes: dict[int, dict] = {}
+        self.steps: list[str] = []  # the run's steps done once: "figures"
 
     def load(self) -> bool:
         """Reads this rank's checkpoint, if any; refuses one of another run. Returns whether there was one."""
@@ -93,10 +96,16 @@ class Checkpoint:
                 f"--continue: this run differs from the interrupted one in {', '.join(changed)}; rerun it with the "
                 "interrupted run's options, or add --overwrite_name (without --continue) to start over")
         self.passes = {int(p): value for p, value in state["passes"].items()}
+        self.steps = list(state.get("steps", []))
         return True
 
     def state_of(self, pass_index: int) -> str:
         return self.passes.get(pass_index, {}).get("state", "new")
+
+    def published(self, pass_index: int, n_jobs: int) -> set[int]:
+        """The jobs of a pass whose folders are in place (a version-1 checkpoint recorded whole passes)."""
+        entry = self.passes.get(pass_index, {})
+        return set(range(n_jobs)) if entry.get("state") == "published" else set(entry.get("published", []))
 
     def done(self, pass_index: int) -> int:
         return self.passes.get(pass_index, {}).get("done", 0)
@@ -118,18 +127,31 @@ class Checkpoint:
             writers.save_state(partial, self.run_dir / name)
             files.append(name)
         old = entry.get("sums", [])
-        self.passes[pass_index] = {"done": done, "state": state, "sums": files, "generation": generation}
+        self.passes[pass_index] = {**entry, "done": done, "state": state, "sums": files, "generation": generation}
         self.write()
         for name in old:
             (self.run_dir / name).unlink(missing_ok=True)
 
     def mark(self, pass_index: int, state: str) -> None:
-        self.passes.setdefault(pass_index, {"done": 0, "sums": [], "generation": 0})["state"] = state
+        self._entry(pass_index)["state"] = state
         self.write()
+
+    def mark_published(self, pass_index: int, job_index: int) -> None:
+        """Recorded right after the folder's rename: a resumed run publishes the others only."""
+        entry = self._entry(pass_index)
+        entry["published"] = sorted({*entry.get("published", []), job_index})
+        self.write()
+
+    def mark_step(self, step: str) -> None:
+        self.steps = sorted({*self.steps, step})
+        self.write()
+
+    def _entry(self, pass_index: int) -> dict:
+        return self.passes.setdefault(pass_index, {"done": 0, "sums": [], "generation": 0})
 
     def write(self) -> None:
         writers.write_json(self.path, {"version": VERSION, "world": self.world, "rank": self.rank,
-                                       "fingerprint": self.fingerprint,
+                                       "fingerprint": self.fingerprint, "steps": self.steps,
                                        "passes": {str(p): v for p, v in sorted(self.passes.items())}})
 
 

@@ -22,17 +22,23 @@ class RunSummary:
     engine_seconds: float = 0.0  # loading, rewriting and exporting models, creating engines
     first_batch_seconds: float = 0.0  # first batch of each pass: data start-up, cuDNN autotuning, JIT profiling
     resumed_elements: int = 0  # elements an interrupted run had done (--continue)
+    pass_seconds: dict = field(default_factory=dict)  # computing each pass (its interpret.json's time)
 
     @property
     def maps_per_second(self) -> float:
         return self.maps / self.seconds if self.seconds > 0 else 0.0
 
 
-def disk_error(error: OSError, plan, summary: RunSummary) -> MapsInterpretError:
-    """Disk full, quota, permissions: say where; this pass's results are dropped."""
-    return MapsInterpretError(
-        f"writing maps into {plan.maps.path} failed ({error.strerror or error}); the results of this pass were "
-        f"discarded{', earlier ones kept' if summary.outputs else ''}: free space or fix permissions, then run again")
+class WriteFailed(MapsInterpretError):
+    """A file could not be written (disk full, quota, permissions): the run keeps its checkpoint, if it has one,
+    for --continue once the cause is fixed (runner/run.py says so)."""
+
+
+def disk_error(error: OSError, plan, summary: RunSummary) -> WriteFailed:
+    """Disk full, quota, permissions: one line naming the path."""
+    where = error.filename or plan.maps.path
+    placed = "; the folders already in place are kept" if summary.outputs else ""
+    return WriteFailed(f"writing {where} failed ({error.strerror or error}){placed}: free space or fix permissions")
 
 
 def attempt(function) -> Optional[BaseException]:
@@ -52,10 +58,12 @@ def open_staging(staging: Staging, plan) -> bool:
         raise MapsInterpretError(str(error)) from None
 
 
-def refuse_existing_outputs(plan, published: list[bool]) -> None:
-    """An output folder may exist only if this run published it (--continue) or may replace it."""
+def refuse_existing_outputs(plan, published: list[set]) -> None:
+    """An output folder may exist only if this run published it (--continue; `published`: per pass, the jobs
+    whose folders are in place) or may replace it."""
     for done, data_pass in zip(published, plan.passes):
-        for job in data_pass.jobs:
-            if not done and job.output_dir.exists() and not (plan.output.overwrite_name or plan.group.erase_results):
+        for job_index, job in enumerate(data_pass.jobs):
+            if (job_index not in done and job.output_dir.exists()
+                    and not (plan.output.overwrite_name or plan.group.erase_results)):
                 raise MapsInterpretError(f"{job.output_dir} already exists: choose another NAME, or add "
                                          "--overwrite_name to replace it")

@@ -16,16 +16,21 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import signal
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
+from .. import signals
 from ..engine.partials import Partial
 from ..errors import MapsInterpretError, first_line
 
 log = logging.getLogger("maps_interpret")
 T = TypeVar("T")
 FAILED_KEY = "maps_interpret/failed"
-TIMEOUT = datetime.timedelta(minutes=30)  # a collective waits this long for a rank (checkpoints, big plans)
+OUTCOME_KEY = "maps_interpret/outcome"  # rank 0's writing and publishing: "ok", "stopped <signum>", "error <code>"
+# A collective waits this long for a rank (the plan, the end of a pass); rank 0's writing, sanity check, figures
+# and publishing are waited for without a limit (`wait_for_main`). $MAPS_INTERPRET_RANK_TIMEOUT in seconds.
+TIMEOUT = datetime.timedelta(seconds=float(os.environ.get("MAPS_INTERPRET_RANK_TIMEOUT", 1800)))
 
 
 def shard(n: int, index: int, count: int) -> range:
@@ -151,6 +156,38 @@ class Context:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def wait_for_main(self, function: Callable[[], None]) -> None:
+        """`function()` on rank 0; the other ranks wait for its outcome in the key-value store, polling, without
+        a time limit (a collective would end after TIMEOUT: a long sanity check, many figures), and end as it
+        ends: its error, or the signal that stopped it, becomes theirs."""
+        if not self.enabled:
+            function()
+            return
+        import time
+
+        if self.is_main:
+            try:
+                function()
+            except signals.Stopped as stop:
+                self._store.set(OUTCOME_KEY, f"stopped {stop.signum}")
+                raise
+            except KeyboardInterrupt:
+                self._store.set(OUTCOME_KEY, f"stopped {int(signal.SIGINT)}")
+                raise
+            except BaseException as error:
+                self.fail(error)
+                self._store.set(OUTCOME_KEY, f"error {getattr(error, 'exit_code', 1)}")
+                raise
+            self._store.set(OUTCOME_KEY, "ok")
+            return
+        while not self._store.check([OUTCOME_KEY]):
+            time.sleep(0.2)
+        outcome, _, value = self._store.get(OUTCOME_KEY).decode().partition(" ")
+        if outcome == "stopped":
+            raise signals.Stopped(int(value))
+        if outcome == "error":
+            raise (_Error2 if value == "2" else MapsInterpretError)(self._store.get(FAILED_KEY).decode())
 
     def barrier(self) -> None:
         if self.enabled:

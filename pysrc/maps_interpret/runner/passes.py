@@ -19,7 +19,8 @@ from ..errors import MapsInterpretError, first_line
 from ..interpreter import Interpreter, sample_inputs
 from ..output import results, writers
 from ..output.staging import Staging
-from . import checkpoints, signals
+from .. import signals
+from . import checkpoints
 from .common import RunSummary
 from .distributed import Context, shard
 
@@ -109,49 +110,60 @@ def run_shard(plan, index: int, data_pass, staging: Staging, checkpoint: checkpo
     start = time.perf_counter()
     first, since_checkpoint = True, 0
     with progress, writers.BackgroundWriter() as background:
+
+        def save_checkpoint() -> None:
+            # After the maps queued before it: the checkpoint never counts a map not on disk.
+            background.submit(checkpoint.save, index, done, [p.state() for p in partials()])
+
+        def stop_here(signum: int) -> None:
+            save_checkpoint()  # every finished batch, whatever --checkpoint_every says
+            background.close()
+            raise signals.Stopped(signum)
+
         batches = make_batches(dataset, data.n_proc, data.reader, data.batch_size, plan.device, skip=skip,
                                limit=len(positions) - done)
-        for batch in prefetch(batches, depth=2 if plan.device != "cpu" else 0):
-            with signals.deferred():  # a signal now stops the run after this batch, with a checkpoint
-                batch.wait()  # GPU: the batch was made on another stream
-                owners = [sessions[first_session + position] for position in batch.session_index]
-                targets, seeds = sample_inputs(settings, label_code, owners, batch.element_ids)
-                subsets = [subset_of[s.group] for s in owners] if subset_of else None
-                labels = [label_code[s.label] for s in owners] if settings.group_by == "correct" else None
-                for (job, engine, folder), listing in zip(engines, members):
-                    try:
-                        maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=individual,
-                                                  targets=targets, seeds=seeds, subsets=subsets, labels=labels)
-                        if settings.group_by != "none":
-                            listing += [[s.participant_id, s.session_id, e, g]
-                                        for s, e, g in zip(owners, batch.element_ids, engine.last_subsets())]
-                    except EngineError as error:
-                        hint = (f"; lower --batch_size (now {data.batch_size})"
-                                if "out of memory" in str(error).lower() else "")
-                        raise MapsInterpretError(f"{job.model_path}: {first_line(error)}{hint}") from None
-                    if maps_ is not None:
-                        maps_ = maps_.cpu()
-                        for map_, element, position in zip(maps_, batch.element_ids, batch.session_index):
-                            session = sessions[first_session + position]
-                            background.submit(results.save_individual, plan, data_pass, session, element, map_,
-                                              folder)
-                done += len(batch.element_ids)
-                since_checkpoint += 1
-                progress.update(len(batch.element_ids))
-                if first:  # the first accumulate blocks while cuDNN autotunes; later ones queue device work
-                    summary.first_batch_seconds += time.perf_counter() - start
-                    first = False
-                stop = signals.requested()
-                every = plan.run.checkpoint_every
-                if stop is not None or (every and since_checkpoint >= every):
-                    # After the maps queued before it: the checkpoint never counts a map not on disk.
-                    background.submit(checkpoint.save, index, done, [p.state() for p in partials()])
-                    since_checkpoint = 0
-                if stop is not None:
-                    background.close()
-                    raise signals.Stopped(stop)
+        # Signals are deferred (runner/run.py): one received while a batch is awaited ends the wait.
+        for batch in prefetch(batches, depth=2 if plan.device != "cpu" else 0, stop=signals.requested):
+            if signals.requested() is not None:  # received while this batch was read: keep what is done
+                stop_here(signals.requested())
+            batch.wait()  # GPU: the batch was made on another stream
+            owners = [sessions[first_session + position] for position in batch.session_index]
+            targets, seeds = sample_inputs(settings, label_code, owners, batch.element_ids)
+            subsets = [subset_of[s.group] for s in owners] if subset_of else None
+            labels = [label_code[s.label] for s in owners] if settings.group_by == "correct" else None
+            for (job, engine, folder), listing in zip(engines, members):
+                try:
+                    maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=individual,
+                                              targets=targets, seeds=seeds, subsets=subsets, labels=labels)
+                    if settings.group_by != "none":
+                        listing += [[s.participant_id, s.session_id, e, g]
+                                    for s, e, g in zip(owners, batch.element_ids, engine.last_subsets())]
+                except EngineError as error:
+                    hint = (f"; lower --batch_size (now {data.batch_size})"
+                            if "out of memory" in str(error).lower() else "")
+                    raise MapsInterpretError(f"{job.model_path}: {first_line(error)}{hint}") from None
+                if maps_ is not None:
+                    maps_ = maps_.cpu()
+                    for map_, element, position in zip(maps_, batch.element_ids, batch.session_index):
+                        session = sessions[first_session + position]
+                        background.submit(results.save_individual, plan, data_pass, session, element, map_,
+                                          folder)
+            done += len(batch.element_ids)
+            since_checkpoint += 1
+            progress.update(len(batch.element_ids))
+            if first:  # the first accumulate blocks while cuDNN autotunes; later ones queue device work
+                summary.first_batch_seconds += time.perf_counter() - start
+                first = False
+            if signals.requested() is not None:
+                stop_here(signals.requested())
+            every = plan.run.checkpoint_every
+            if every and since_checkpoint >= every:
+                save_checkpoint()
+                since_checkpoint = 0
             if ctx.failed():  # another rank failed: stop here, the error is raised where the ranks agree
                 break
+        if signals.requested() is not None:  # the wait for a batch ended by a signal
+            stop_here(signals.requested())
     summary.loop_seconds += time.perf_counter() - start
     for job, engine, _ in engines:
         zeros = engine.zero_fraction()  # one device synchronisation

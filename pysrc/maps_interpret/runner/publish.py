@@ -1,15 +1,22 @@
-"""Rank 0, a pass computed: the means (output/results.py), the sanity check, interpret.json, the data group with
-the first results, and the folders moved into place; `--merge_parts` does the same from finished parts; the
-figures once every folder of the run is in place."""
+"""Rank 0, every pass computed: each folder's files written in staging (the means, output/results.py; the sanity
+check; interpret.json), the figures drawn there, then the data group and the folders moved into place one by one.
+Each step is recorded in the checkpoint as it ends, so a run stopped (or killed) at any step resumes from the next
+one with --continue; a stop signal is honoured between steps (`signals.check`). `--merge_parts` does the same
+from finished parts."""
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Optional
 
+from .. import signals
 from ..engine.partials import Partial, merge_all
 from ..errors import MapsInterpretError
 from ..output import provenance, results, writers
@@ -19,44 +26,85 @@ from . import checkpoints
 from .common import RunSummary, disk_error, open_staging, refuse_existing_outputs
 
 log = logging.getLogger("maps_interpret")
+FIGURES = "figures"  # the checkpoint's step once the figures are drawn
 
 
-def publish(plan, index: int, data_pass, staging: Staging, checkpoint: checkpoints.Checkpoint,
-            merged: Optional[list[Partial]], summary: RunSummary, committed: list, seconds: float,
-            ranks: int) -> None:
-    """A pass computed (its sums `merged`, or None to read them from the checkpoint): the means, the provenance,
-    the data group (with the first results), the folders in place."""
+def run_digest(fingerprint: dict) -> str:
+    """What identifies a run's results (its fingerprint: result options, sessions, models), recorded in each
+    folder's interpret.json: --continue on a run whose every folder holds it has nothing to do."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+
+
+def complete(plan, fingerprint: dict) -> bool:
+    """Whether every folder of the run is in place with this very run's results (--continue after success)."""
+    digest = run_digest(fingerprint)
+    for job in plan.jobs:
+        try:
+            record = json.loads((job.output_dir / provenance.FILE).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if not isinstance(record, dict) or record.get("run") != digest:
+            return False
+    return True
+
+
+def write_pass(plan, index: int, data_pass, staging: Staging, checkpoint: checkpoints.Checkpoint,
+               merged: Optional[list[Partial]], summary: RunSummary, seconds: float, ranks: int) -> None:
+    """A computed pass (its sums `merged`, or None to read them from the checkpoint): every job's files in
+    staging, then the pass recorded "written"."""
     try:
         if merged is None:
             merged = checkpoint.partials(index, len(data_pass.jobs))
         for job_index, (job, partial) in enumerate(zip(data_pass.jobs, merged)):
+            signals.check()
             folder = staging.job_dir(index, job_index)
             results.write_means(plan, data_pass, job, partial, folder)
             results.write_individual_image_space(plan, data_pass, folder)
             _sanity_check(plan, data_pass, job, partial, folder)
-            writers.write_json(folder / provenance.FILE, provenance.provenance(
-                plan, data_pass, job, folder, seconds, ranks, summary.resumed_elements))
-        if not committed[0]:  # the group exists in the MAPS from the first finished results on
-            commit_group(plan.maps, plan.group)
-            committed[0] = True
-        for job_index, job in enumerate(data_pass.jobs):
-            Staging.publish(staging.job_dir(index, job_index), job.output_dir, replace=plan.output.overwrite_name)
-            summary.outputs.append(job.output_dir)
-            log.info("wrote %s", job.output_dir)
-        checkpoint.mark(index, "published")
+            _provenance(plan, data_pass, job, folder, seconds, ranks, summary.resumed_elements, checkpoint)
+        checkpoint.mark(index, "written")
     except OSError as error:
         raise disk_error(error, plan, summary) from None
 
 
-def draw_figures(plan) -> None:
-    """--save_figures, once every folder of the run is in place (output/figures.py)."""
+def draw_figures(plan, folders: list[tuple]) -> None:
+    """--save_figures, once every folder of the run is written, before any is published (output/figures.py):
+    (data pass, job, folder) each."""
     from ..output import figures
 
     try:
-        figures.draw_run(plan)
+        figures.draw_run(plan, folders)
     except OSError as error:
-        raise MapsInterpretError(f"drawing the figures into {plan.maps.path} failed ({error.strerror or error}); "
-                                 "the maps are in place, some figures may be missing") from None
+        raise MapsInterpretError(f"drawing the figures into {error.filename or plan.maps.path} failed "
+                                 f"({error.strerror or error}); nothing was published: free space or fix "
+                                 "permissions, then run again with --continue") from None
+
+
+def publish_jobs(plan, staging: Staging, checkpoint: checkpoints.Checkpoint, summary: RunSummary,
+                 published: list[set]) -> None:
+    """The data group (with the first results), then each job's folder moved into place, each recorded as it is;
+    `published`: per pass, the jobs an earlier attempt published."""
+    try:
+        if not any(published):
+            commit_group(plan.maps, plan.group)
+        for index, data_pass in enumerate(plan.passes):
+            for job_index, job in enumerate(data_pass.jobs):
+                if job_index not in published[index]:
+                    signals.check()
+                    Staging.publish(staging.job_dir(index, job_index), job.output_dir,
+                                    replace=plan.output.overwrite_name)
+                    checkpoint.mark_published(index, job_index)
+                    log.info("wrote %s", job.output_dir)
+                summary.outputs.append(job.output_dir)
+    except OSError as error:
+        raise disk_error(error, plan, summary) from None
+
+
+def _provenance(plan, data_pass, job, folder: Path, seconds: float, ranks: int, resumed: int,
+                checkpoint: checkpoints.Checkpoint) -> None:
+    record = provenance.provenance(plan, data_pass, job, folder, seconds, ranks, resumed)
+    record["run"] = run_digest(checkpoint.fingerprint)
+    writers.write_json(folder / provenance.FILE, record)
 
 
 def _sanity_check(plan, data_pass, job, partial: Partial, folder: Path) -> None:
@@ -65,6 +113,16 @@ def _sanity_check(plan, data_pass, job, partial: Partial, folder: Path) -> None:
         from ..analysis.sanity import sanity_check
 
         sanity_check(plan, data_pass, job, partial, folder)
+
+
+def link(source: Path, destination: Path) -> None:
+    """A part's map into the merged folder: a hard link (no copy), or a copy where the file system has none."""
+    try:
+        os.link(source, destination)
+    except OSError as error:
+        if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK):
+            raise
+        shutil.copyfile(source, destination)
 
 
 def merge_parts(plan, summary: RunSummary) -> None:
@@ -78,9 +136,10 @@ def merge_parts(plan, summary: RunSummary) -> None:
     for part in range(settings.num_parts):
         run_dir = root / settings.key(part_id=part)
         parts.append((run_dir, checkpoints.read_part(run_dir, fingerprint, part, settings.num_parts)))
-    refuse_existing_outputs(plan, [False] * len(plan.passes))
+    refuse_existing_outputs(plan, [set() for _ in plan.passes])
     staging = Staging(plan.maps.path, f"{settings.data_group}-{settings.name}-merge")
     open_staging(staging, plan)
+    checkpoint = checkpoints.Checkpoint(staging.run_dir, 0, 1, fingerprint)  # the digest in interpret.json
     started = time.perf_counter()  # the merge's own time: each part's is in its log
     done = False
     try:
@@ -91,22 +150,24 @@ def merge_parts(plan, summary: RunSummary) -> None:
                 partial = merge_all(partials[job_index] for partials in per_part)
                 results.write_means(plan, data_pass, job, partial, folder)
                 _sanity_check(plan, data_pass, job, partial, folder)
-                for run_dir, _ in parts:  # the parts' individual maps: hard links, no copy
+                for run_dir, _ in parts:
                     for path in sorted((run_dir / f"pass-{index}-job-{job_index}").glob("*")):
-                        os.link(path, folder / path.name)
+                        link(path, folder / path.name)
                 results.write_individual_image_space(plan, data_pass, folder)
-                writers.write_json(folder / provenance.FILE, provenance.provenance(
-                    plan, data_pass, job, folder, time.perf_counter() - started, 1))
+                _provenance(plan, data_pass, job, folder, time.perf_counter() - started, 1, 0, checkpoint)
             summary.sessions += len(data_pass.sessions)
+        if plan.output.save_figures:
+            draw_figures(plan, [(data_pass, job, staging.job_dir(i, j)) for i, data_pass in enumerate(plan.passes)
+                                for j, job in enumerate(data_pass.jobs)])
         commit_group(plan.maps, plan.group)
         for index, data_pass in enumerate(plan.passes):
             for job_index, job in enumerate(data_pass.jobs):
                 Staging.publish(staging.job_dir(index, job_index), job.output_dir, replace=plan.output.overwrite_name)
                 summary.outputs.append(job.output_dir)
                 log.info("wrote %s", job.output_dir)
-        if plan.output.save_figures:
-            draw_figures(plan)
         done = True
+    except OSError as error:
+        raise disk_error(error, plan, summary) from None
     finally:
         staging.close(keep=False)
     if done:  # the parts' folders and their locks go, as a finished run's do

@@ -1,9 +1,11 @@
 """Stopping a run on request: SIGTERM (a scheduler's time limit, `kill`, torchrun stopping the ranks),
 SIGUSR1 (SLURM's `--signal` warning before the limit) and SIGINT (Ctrl-C).
 
-Outside the loop over batches a signal stops the run at once (`Stopped`, or KeyboardInterrupt for
-Ctrl-C). Inside it (`deferred()`), the signal is only recorded: the loop finishes the batch in hand with
-every model, so that the checkpoint it then writes is consistent, and raises `Stopped` itself.
+Before a run has anything to keep (planning, opening its folder) a signal stops it at once (`Stopped`, or
+KeyboardInterrupt for Ctrl-C). From then on (`deferred()`: the passes, writing the results, the sanity check,
+figures, publishing) the signal is only recorded, and the run stops at its next safe point (`check()`): after
+the batch in hand with every model (with a checkpoint of every finished batch), while it waits for a batch,
+between the steps of writing and publishing, each of which its checkpoint records.
 """
 
 from __future__ import annotations
@@ -60,6 +62,13 @@ def finished() -> None:
 def requested() -> Optional[int]:
     """The signal received while deferring, if any."""
     return _state["requested"]
+
+
+def check() -> None:
+    """A safe point: stop now if a signal was received while deferring."""
+    pending = _state["requested"]
+    if pending is not None and _state["deferring"] and not _state.get("finished"):
+        raise KeyboardInterrupt if pending == signal.SIGINT else Stopped(pending)
 
 
 @contextmanager
