@@ -9,7 +9,9 @@ import shutil
 import socket
 import time
 from pathlib import Path
+from typing import Optional
 
+from . import liveness
 from .writers import _unlink_quietly
 
 log = logging.getLogger(__name__)
@@ -24,8 +26,10 @@ class Staging:
     (moved into place whole once computed) and the run's checkpoints (`--continue`).
 
     One run owns a key at a time: it holds an flock on `<key>.lock` beside the folder (released by the
-    kernel when the process dies, however it dies). On opening, folders of other keys that nobody holds
-    and that hold no checkpoint are what killed runs left: they are removed. A folder with a checkpoint is
+    kernel when the process dies, however it dies) and keeps a liveness record `<key>.alive` (liveness.py: on
+    a cluster file system an flock may be invisible from another node). On opening, folders of other keys that
+    nobody holds, whose record names no live run on another host, and that hold no checkpoint are what killed
+    runs left: they are removed. A folder with a checkpoint is
     kept until a run `--continue`s it or discards it (`--overwrite_name`). The run decides at the end
     whether its folder goes (success, error) or stays (interrupted with a checkpoint, finished part).
     Other ranks of a torchrun job write into the same folder (same key) without opening it.
@@ -36,6 +40,7 @@ class Staging:
         self.key = key
         self.run_dir = self.root / key
         self._lock = None
+        self._heartbeat: Optional[liveness.Heartbeat] = None
 
     def open(self, keep_checkpoint: bool, discard_checkpoint: bool) -> bool:
         """Takes the key, clears what killed runs left; returns whether the run folder holds a checkpoint
@@ -50,7 +55,15 @@ class Staging:
             handle.close()
             raise FileExistsError(f"{self.run_dir} is in use by another run of the same data group and NAME; "
                                   "wait for it to finish, or choose another NAME") from None
+        record = liveness.read(liveness.path(self.root, self.key))
+        if liveness.alive_elsewhere(record):  # the flock of a run on another node may not be visible here
+            handle.close()
+            raise FileExistsError(
+                f"{self.run_dir} is in use by a run on another node ({liveness.describe(record)}); wait for it to "
+                f"finish, or choose another NAME (if that run is dead, {liveness.path(self.root, self.key)} goes stale "
+                f"{liveness.STALE / 60:.0f} minutes after its last heartbeat; remove it to go on at once)")
         self._lock = handle
+        self._heartbeat = liveness.Heartbeat(liveness.path(self.root, self.key))
         self._remove_abandoned()
         resumable = has_checkpoint(self.run_dir)
         if resumable and not keep_checkpoint:
@@ -97,8 +110,14 @@ class Staging:
                     fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError:
                     continue  # a live run
+                record = liveness.read(liveness.path(self.root, folder.name))
+                if liveness.alive_elsewhere(record):
+                    log.info("%s belongs to a live run on another node (%s); left alone", folder,
+                             liveness.describe(record))
+                    continue
                 log.info("removing %s, left by a run that was killed", folder)
                 shutil.rmtree(folder, ignore_errors=True)
+                _unlink_quietly(str(liveness.path(self.root, folder.name)))
 
     def close(self, keep: bool) -> None:
         """Removes the run folder unless `keep`; releases the key."""
@@ -112,6 +131,10 @@ class Staging:
             pass
 
     def release(self) -> None:
+        """Gives the key back: the liveness record goes (the run no longer lives), then the lock."""
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+            self._heartbeat = None
         if self._lock is not None:
             self._lock.close()
             self._lock = None
