@@ -50,9 +50,14 @@ class CudaPolicy {
     deterministic_ = context.deterministicCuDNN();
     conv_ = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV);
     matmul_ = context.float32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL);
+    algorithms_ = context.deterministicAlgorithms();
+    warn_only_ = context.deterministicAlgorithmsWarnOnly();
     // One image size per MAPS: autotuning pays off (once per shape) unless runs must repeat bit for bit.
     context.setBenchmarkCuDNN(!deterministic);
     context.setDeterministicCuDNN(deterministic);
+    // Torch's deterministic kernels where it has them (index_put_, scatter...); an op without one warns and runs
+    // (a backward with atomic additions is still exact where no two windows overlap, as in ClinicaDL's pools).
+    if (deterministic) context.setDeterministicAlgorithms(true, /*warn_only=*/true);
     if (float32) {
       // float32 means float32: torch lets cuDNN convolutions use TensorFloat-32 by default (~1e-3 relative
       // error on H100). --amp is the fast path.
@@ -65,6 +70,7 @@ class CudaPolicy {
     auto& context = at::globalContext();
     context.setBenchmarkCuDNN(benchmark_);
     context.setDeterministicCuDNN(deterministic_);
+    context.setDeterministicAlgorithms(algorithms_, warn_only_);
     context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::CONV, conv_);
     context.setFloat32Precision(at::Float32Backend::CUDA, at::Float32Op::MATMUL, matmul_);
   }
@@ -73,7 +79,7 @@ class CudaPolicy {
 
  private:
   bool active_;
-  bool benchmark_ = false, deterministic_ = false;
+  bool benchmark_ = false, deterministic_ = false, algorithms_ = false, warn_only_ = false;
   at::Float32Precision conv_ = at::Float32Precision::NONE, matmul_ = at::Float32Precision::NONE;
 };
 
@@ -104,9 +110,10 @@ Engine::Engine(const torch::jit::Module& model, EngineOptions options)
   model_.eval();
   // Frozen weights: autograd then computes the input gradient only, never weight gradients.
   for (auto p : model_.parameters()) p.set_requires_grad(false);
-  method_ = make_method(options_.method, Network{model_, amp_}, Parameters(options_.parameters, options_.method));
+  const Network network{model_, amp_, options_.deterministic};
+  method_ = make_method(options_.method, network, Parameters(options_.parameters, options_.method));
   if (options_.noise_tunnel) {
-    method_ = noise_tunnel(std::move(method_), Parameters(options_.parameters, "the noise tunnel"));
+    method_ = noise_tunnel(std::move(method_), network, Parameters(options_.parameters, "the noise tunnel"));
   }
 }
 

@@ -179,3 +179,32 @@ def test_group_statistics_under_torchrun_and_parts(demo):
         for table in ("subsets.tsv", "statistics.tsv"):
             theirs = root / "maps" / "split-0" / "best-loss" / "test" / f"interpret-{name}" / table
             assert theirs.read_text() == (theirs.parent.parent / "interpret-st1" / table).read_text(), (name, table)
+
+
+def test_a_long_sanity_check_under_torchrun_never_meets_the_collective_time_limit(demo, tmp_path):
+    """Rank 0 writes, checks and publishes while the other ranks wait for its outcome in the key-value store,
+    polling, not in a collective: a sanity check longer than the ranks' time limit (here 4 s, for 30 minutes)
+    ends well. Rank 0's check is slowed by a sitecustomize module (test code only)."""
+    root, _ = demo
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '0':\n"
+        "    import time\n"
+        "    import maps_interpret.analysis.sanity as sanity\n"
+        "    real = sanity.sanity_check\n"
+        "    def slow(*args, **kwargs):\n"
+        "        time.sleep(8)\n"
+        "        return real(*args, **kwargs)\n"
+        "    sanity.sanity_check = slow\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MAPS_INTERPRET_RANK_TIMEOUT": "4",
+           "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "maps_interpret", "maps", "test", "slow", *OPTIONS, "--sanity_check",
+                             "--sanity_sessions", "1", "--selection_metrics", "loss"], cwd=root, capture_output=True,
+                            text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for split in (0, 1):
+        assert (root / "maps" / f"split-{split}" / "best-loss" / "test" / "interpret-slow" /
+                "sanity_check.json").is_file()

@@ -216,3 +216,33 @@ def test_the_noise_tunnel_s_maps_do_not_depend_on_the_batch(demo):
     assert len(files) == 4  # the fixture's test group: 3 participants, one with 2 sessions
     for name in files:
         assert close(torch.load(folder / "interpret-b3" / name), torch.load(folder / "interpret-b1" / name)), name
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deterministic_maps_are_the_same_run_after_run(model, batch, device):
+    """--deterministic: copies summed sample by sample instead of by index_add_ (atomic additions on CUDA),
+    torch's deterministic kernels on CUDA; two fresh interpreters give equal maps for every method, within float
+    rounding of the default ones."""
+    runs = [Interpreter(model, device) for _ in range(2)]
+    for name in METHODS:
+        parameters = {"n_steps": 5, "chunk_size": 4} if name == "integrated-gradients" else \
+            {"n_samples": 3, "chunk_size": 2} if name == "smoothgrad" else {}
+        first, second = (r.attribute(batch.to(device), method=name, target=1, deterministic=True, **parameters)
+                         for r in runs)
+        assert torch.equal(first, second), name
+        default = runs[0].attribute(batch.to(device), method=name, target=1, **parameters)
+        assert close(first, default, rtol=1e-5), name
+
+
+def test_the_deterministic_twin_of_a_global_average_pool():
+    from maps_interpret.models.deterministic import GlobalMean, deterministic_twin
+    from maps_interpret.models.secnn import SEBlock
+
+    block = SEBlock(16).eval()
+    twin = deterministic_twin(block)
+    assert isinstance(twin.avg_pooling_3D, GlobalMean) and isinstance(block.avg_pooling_3D, torch.nn.AdaptiveAvgPool3d)
+    x = torch.randn(2, 16, 5, 6, 7)
+    with torch.no_grad():
+        assert torch.allclose(twin(x), block(x), rtol=1e-6, atol=1e-7)
+    plain = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3))
+    assert deterministic_twin(plain) is plain

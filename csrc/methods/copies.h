@@ -17,8 +17,10 @@ using CopyRows = std::function<at::Tensor(int64_t first, int64_t count)>;
 using ChunkAttribution = std::function<at::Tensor(const at::Tensor& rows, const at::Tensor& targets)>;
 
 // Per sample of `batch` (B, ...), the float32 sum of the attributions of its `copies` rows, `chunk` rows per
-// call of `attribute` (0: the batch size), shape (B, *the attribution's per-row shape).
+// call of `attribute` (0: the batch size), shape (B, *the attribution's per-row shape). `deterministic`: each
+// sample's rows of a chunk summed by a reduction of their own, not by index_add_ (atomic additions on CUDA,
+// in no fixed order); the same maps run after run, rounded otherwise than the default.
 at::Tensor copy_sums(const at::Tensor& batch, const at::Tensor& targets, int64_t copies, int64_t chunk,
-                     const CopyRows& rows, const ChunkAttribution& attribute);
+                     const CopyRows& rows, const ChunkAttribution& attribute, bool deterministic = false);
 
 }  // namespace mi

@@ -32,7 +32,9 @@ class IntegratedGradients : public Method {
     auto gradients = [&](const at::Tensor& points, const at::Tensor& point_targets) {
       return input_gradients(network_.model, points, point_targets, network_.amp, node);
     };
-    return copy_sums(x, targets, steps, chunk_, rows, gradients).div_(steps).mul_(difference);
+    return copy_sums(x, targets, steps, chunk_, rows, gradients, network_.deterministic)
+        .div_(steps)
+        .mul_(difference);
   }
 
  private:

@@ -19,11 +19,13 @@
 
 namespace mi {
 
-// What a method runs: the engine's copy of the model (on its device, eval mode, frozen parameters) and
-// the autocast dtype of its forward passes (none: float32). Module is a handle: copies share the model.
+// What a method runs: the engine's copy of the model (on its device, eval mode, frozen parameters), the
+// autocast dtype of its forward passes (none: float32), and whether its sums must be the same run after run
+// (--deterministic: no atomic additions on CUDA). Module is a handle: copies share the model.
 struct Network {
   torch::jit::Module model;
   std::optional<c10::ScalarType> amp;
+  bool deterministic = false;
 };
 
 // One parameter value as Python gives it (True stays a bool, 3 an integer, 0.5 a double).

@@ -28,8 +28,9 @@ at::Generator generator_for(const c10::Device& device, uint64_t seed) {
 
 class NoiseTunnel : public Method {
  public:
-  NoiseTunnel(std::unique_ptr<Method> base, const Parameters& parameters)
+  NoiseTunnel(std::unique_ptr<Method> base, bool deterministic, const Parameters& parameters)
       : base_(std::move(base)),
+        deterministic_(deterministic),
         samples_(parameters.integer("n_samples")),
         noise_level_(parameters.number("noise_level")),
         seed_(parameters.integer("seed")),
@@ -66,11 +67,12 @@ class NoiseTunnel : public Method {
     auto attribute = [&](const at::Tensor& noisy, const at::Tensor& noisy_targets) {
       return base_->attribute(noisy, noisy_targets, node, {});
     };
-    return copy_sums(x, targets, copies, chunk_, rows, attribute).div_(copies);
+    return copy_sums(x, targets, copies, chunk_, rows, attribute, deterministic_).div_(copies);
   }
 
  private:
   std::unique_ptr<Method> base_;
+  bool deterministic_;
   int64_t samples_;
   double noise_level_;
   int64_t seed_;
@@ -79,8 +81,9 @@ class NoiseTunnel : public Method {
 
 }  // namespace
 
-std::unique_ptr<Method> noise_tunnel(std::unique_ptr<Method> base, const Parameters& parameters) {
-  return std::make_unique<NoiseTunnel>(std::move(base), parameters);
+std::unique_ptr<Method> noise_tunnel(std::unique_ptr<Method> base, const Network& network,
+                                     const Parameters& parameters) {
+  return std::make_unique<NoiseTunnel>(std::move(base), network.deterministic, parameters);
 }
 
 }  // namespace mi

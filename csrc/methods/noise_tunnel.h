@@ -13,6 +13,8 @@ namespace mi {
 // the copy, `chunk_size` copies per call of `base` (0: the batch size). The noise of sample i comes from a
 // generator seeded by (seed, the sample's own seed) only, so a sample's map does not depend on its batch,
 // rank or part, or on a resumed run. Parameters: n_samples, noise_level, seed, chunk_size.
-std::unique_ptr<Method> noise_tunnel(std::unique_ptr<Method> base, const Parameters& parameters);
+// `network`: the engine's (its deterministic flag decides how copies are summed, methods/copies.h).
+std::unique_ptr<Method> noise_tunnel(std::unique_ptr<Method> base, const Network& network,
+                                     const Parameters& parameters);
 
 }  // namespace mi

@@ -132,7 +132,8 @@ class InterpretConfig:
         help="--sanity_check: the mean maps of the randomised models are computed over the group's first N "
              "sessions (default: 0, every session; each randomised layer costs one pass over them)."))
     deterministic: bool = field(default=False, metadata=_opt(
-        "--deterministic", help="GPU: deterministic cuDNN algorithms, no autotuning (slower; same maps every run)."))
+        "--deterministic", help="GPU: the same maps every run: deterministic cuDNN and torch algorithms, no "
+                                "autotuning, copies summed without atomic additions (slower; rounded otherwise)."))
     compat: Optional[str] = field(default=None, metadata=_opt(
         "--compat", type=str, choices=COMPAT, metavar="clinicadl",
         help="Reproduce ClinicaDL 1.6.1's numbers where they differ: its mean of patch/slice/roi maps "

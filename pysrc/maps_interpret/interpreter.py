@@ -34,9 +34,12 @@ ENGINES_KEPT = 4  # attribute()'s engines kept for the next call (each holds the
 
 def export_model(model: Union[nn.Module, torch.jit.ScriptModule], settings: EngineSettings) -> torch.jit.ScriptModule:
     """`model` as the engine of `settings`' method takes it (models/export.py is the only TorchScript code)."""
+    from .models.deterministic import deterministic_twin
     from .models.export import to_torchscript, to_torchscript_cam
     from .models.fast import fuse_blocks
 
+    if settings.deterministic and not isinstance(model, torch.jit.ScriptModule):
+        model = deterministic_twin(model)  # torch has no deterministic CUDA backward for a global average pool
     if settings.row.export == "cam":  # the cut counts the original modules: no rewriting
         return to_torchscript_cam(model, settings.values.get("level_grad_cam"))
     return model if isinstance(model, torch.jit.ScriptModule) else to_torchscript(fuse_blocks(model))
@@ -73,7 +76,7 @@ class Interpreter:
 
     def export(self, settings: EngineSettings) -> torch.jit.ScriptModule:
         """The network as `settings`' method hands it to C++ (made once per kind of export)."""
-        key = (settings.row.export, settings.values.get("level_grad_cam"))
+        key = (settings.row.export, settings.values.get("level_grad_cam"), settings.deterministic)
         if key not in self._exports:
             self._exports[key] = export_model(self.model, settings)
         return self._exports[key]
@@ -112,6 +115,8 @@ class Interpreter:
                 mode, node, targets = "given", 0, [operator.index(t) for t in target]
         settings = engine_settings(method, target=node, target_mode=mode, noise_tunnel=noise_tunnel, abs=abs,
                                    amp=amp, compat=compat, deterministic=deterministic, **parameters)
+        if deterministic:
+            deterministic_cublas()
         engine = self._engines.pop(settings, None) or self.engine(settings)
         self._engines[settings] = engine  # the most recently used last
         while len(self._engines) > ENGINES_KEPT:  # each holds a copy of the model on the device
@@ -141,3 +146,11 @@ def sample_seed(session, element: int) -> int:
     """A sample's own seed (the noise tunnel's): from its names only, so that its map does not depend on its
     batch, rank, part or on a resumed run."""
     return zlib.crc32(f"{session.participant_id}/{session.session_id}/{element}".encode())
+
+
+def deterministic_cublas() -> None:
+    """cuBLAS is deterministic only with a fixed workspace, read when CUDA starts: --deterministic sets it (unless
+    the user did) before anything touches the GPU."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")

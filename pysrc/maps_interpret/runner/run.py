@@ -32,6 +32,10 @@ log = logging.getLogger("maps_interpret")
 def run(config: InterpretConfig) -> RunSummary:
     """Runs the command; under torchrun (WORLD_SIZE > 1) as one rank of the job."""
     start = time.perf_counter()
+    if config.deterministic:
+        from ..interpreter import deterministic_cublas
+
+        deterministic_cublas()
     ctx = Context.from_environment(gpu=config.gpu)
     try:
         summary = _run(config, ctx, start)
