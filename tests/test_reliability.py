@@ -170,3 +170,24 @@ def test_a_liveness_record_keeps_runs_on_other_nodes_safe(tmp_path, caplog):
     taken.open(keep_checkpoint=False, discard_checkpoint=False)
     assert liveness.read(liveness.path(root, "test-live"))["host"] == socket.gethostname()
     taken.close(keep=False)
+
+
+def test_merging_parts_across_file_systems_copies_what_it_cannot_link(demo, reference, monkeypatch):
+    """--merge_parts hard-links the parts' individual maps; where the file system cannot (EXDEV: another file
+    system, EPERM...), it copies them: the same files."""
+    import errno
+
+    for part in (0, 1):
+        assert main(["maps", "test", "parts", *OPTIONS, "--num_parts", "2", "--part_id", str(part)]) == 0
+
+    def no_links(source, destination):
+        raise OSError(errno.EXDEV, "Invalid cross-device link", str(source))
+
+    monkeypatch.setattr(os, "link", no_links)
+    assert main(["maps", "test", "parts", *OPTIONS, "--num_parts", "2", "--merge_parts"]) == 0
+    merged = maps_of(demo, "parts")
+    for key, value in reference.items():
+        if "mean_" in key or "std_" in key:  # parts add two sums: summation order (tests/test_distributed.py)
+            assert (merged[key] - value).abs().max() <= 1e-6 * value.abs().max(), key
+        else:
+            assert torch.equal(merged[key], value), key

@@ -140,7 +140,7 @@ def title(plan, data_pass, job, figure: Figure) -> str:
 def draw_run(plan, folders: list[tuple]) -> None:
     """Every folder of the run, (data pass, job, folder) each (the folders still staged: figures are drawn before
     anything is published): a PNG beside each statistic map, figures.json, index.html; interpret.json's list of
-    outputs brought up to date. A stop signal is honoured between folders (`check`)."""
+    outputs brought up to date. A stop signal is honoured between figures (`check`)."""
     from .. import signals
 
     mode = plan.maps.mode
@@ -154,6 +154,7 @@ def draw_run(plan, folders: list[tuple]) -> None:
         background = backgrounds[id(data_pass)]
         drawn = []
         for figure in figures[folder]:
+            signals.check()  # each figure takes a while: a stop need not wait for the others
             png = figure.map_file.with_suffix(".png")
             map_ = torch.load(figure.map_file, weights_only=True)
             if tuple(map_.shape[1:]) != tuple(background.shape[1:]):
@@ -212,5 +213,5 @@ def _refresh_outputs(folder: Path) -> None:
     if not path.is_file():
         return
     record: Optional[dict] = json.loads(path.read_text())
-    record["outputs"] = sorted(p.name for p in folder.iterdir() if p.name != provenance.FILE)
+    record["outputs"] = writers.outputs(folder, but=provenance.FILE)
     writers.write_json(path, record)

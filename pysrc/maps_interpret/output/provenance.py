@@ -14,6 +14,7 @@ import torch
 from .. import methods
 from .._version import __version__
 from ..maps import sha256
+from .writers import outputs
 
 FILE = "interpret.json"
 
@@ -50,7 +51,7 @@ def provenance(plan, data_pass, job, folder: Path, seconds: float, ranks: int, r
         "n_sessions": len(data_pass.sessions),
         "element_ids": list(data_pass.element_ids),
         "n_elements": n_elements,
-        "outputs": sorted(p.name for p in Path(folder).iterdir() if p.name != FILE),
+        "outputs": outputs(folder, but=FILE),
         "elapsed_seconds": round(seconds, 3),
         "images_per_second": round(n_elements / seconds, 3) if seconds > 0 else None,
         "resumed_elements": resumed_elements,  # done by an interrupted run before --continue

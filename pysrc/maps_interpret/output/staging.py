@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import liveness
-from .writers import _unlink_quietly
+from .writers import _unlink_quietly, remove_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Staging:
                 f"finish, or choose another NAME (if that run is dead, {liveness.path(self.root, self.key)} goes stale "
                 f"{liveness.STALE / 60:.0f} minutes after its last heartbeat; remove it to go on at once)")
         self._lock = handle
+        remove_temporaries(self.root, liveness.path(self.root, self.key).name)  # a killed run's unfinished record
         self._heartbeat = liveness.Heartbeat(liveness.path(self.root, self.key))
         self._remove_abandoned()
         resumable = has_checkpoint(self.run_dir)

@@ -114,6 +114,27 @@ def nifti_array(map_):
     return channels_last.unsqueeze(2) if map_.dim() == 3 else channels_last
 
 
+TEMPORARY = (".tmp", ".tmp.nii", ".tmp.nii.gz")  # how the temporary files above end (their names start with ".")
+
+
+def is_temporary(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(TEMPORARY)
+
+
+def outputs(folder: Path, but: str) -> list[str]:
+    """The files of a folder of results, as interpret.json lists them: all but `but` and the temporary files a
+    killed writer may have left (they go before the folder is published)."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name != but and not is_temporary(p))
+
+
+def remove_temporaries(folder: Path, name: str = "") -> None:
+    """The temporary files a killed writer left in `folder` (those of file `name` only, when given): before a
+    staged folder is published, or when a run takes its key again."""
+    for path in Path(folder).glob(f".{name}*"):
+        if path.is_file() and is_temporary(path):
+            _unlink_quietly(str(path))
+
+
 def remove_tree(path: Path) -> None:
     """Removes a folder of results: first renamed out of sight (atomic), then deleted."""
     path = Path(path)

@@ -91,8 +91,9 @@ def publish_jobs(plan, staging: Staging, checkpoint: checkpoints.Checkpoint, sum
             for job_index, job in enumerate(data_pass.jobs):
                 if job_index not in published[index]:
                     signals.check()
-                    Staging.publish(staging.job_dir(index, job_index), job.output_dir,
-                                    replace=plan.output.overwrite_name)
+                    staged = staging.job_dir(index, job_index)
+                    writers.remove_temporaries(staged)  # what writers killed by an earlier SIGKILL left
+                    Staging.publish(staged, job.output_dir, replace=plan.output.overwrite_name)
                     checkpoint.mark_published(index, job_index)
                     log.info("wrote %s", job.output_dir)
                 summary.outputs.append(job.output_dir)

@@ -141,23 +141,32 @@ def _finish(plan, staging: Staging, checkpoint: checkpoints.Checkpoint, summary:
             published: list[set], merged: dict, ranks: int) -> None:
     """Rank 0: every computed pass written into staging, the figures, then the folders in place; each step
     recorded as it ends."""
+    pending = [i for i, state in enumerate(states) if state in ("new", "running", "computed")]
+    if pending:
+        log.info("writing the results of %d folder(s) into %s", sum(len(plan.passes[i].jobs) for i in pending),
+                 staging.run_dir)
     for index, data_pass in enumerate(plan.passes):
-        if states[index] in ("new", "running", "computed"):
+        if index in pending:
             write_pass(plan, index, data_pass, staging, checkpoint, merged.get(index), summary,
                        summary.pass_seconds.get(index, 0.0), ranks)
     folders = [(data_pass, job, staging.job_dir(i, j)) for i, data_pass in enumerate(plan.passes)
                for j, job in enumerate(data_pass.jobs) if j not in published[i]]
     if plan.output.save_figures and FIGURES not in checkpoint.steps and folders:
         signals.check()
+        log.info("drawing the figures of %d folder(s)", len(folders))
         draw_figures(plan, folders)
         checkpoint.mark_step(FIGURES)
     publish_jobs(plan, staging, checkpoint, summary, published)
 
 
 def _complete(plan, fingerprint: dict, staging: Staging) -> bool:
-    """--continue on a run that ended: every folder holds this run's results and no run is left to resume."""
+    """--continue on a run that ended: every folder holds this run's results and no run is left to resume
+    (what a run killed while it cleaned up left of its folder goes)."""
     if has_checkpoint(staging.run_dir) or not complete(plan, fingerprint):
         return False
+    if staging.root.exists():
+        open_staging(staging, plan)
+        staging.close(keep=False)
     log.info("%s: data group %s, interpret-%s: already complete (every folder holds this run's maps); nothing "
              "to do", plan.maps.path, plan.output.data_group, plan.output.name)
     return True
