@@ -35,6 +35,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from .. import signals
 from ..errors import MapsInterpretError, first_line
 from ..models.layers import layers
 from ..output import writers
@@ -99,6 +100,7 @@ def run_cascade(model: nn.Module, mean_maps: MeanMaps, trained: dict[int, torch.
     total = len(layers(model))
     with tqdm(total=total, desc=progress, unit="layer", disable=None if progress else True, leave=False) as bar:
         for step, name in cascade(model):
+            signals.check()  # one pass per layer: a stop need not wait for the others (the job is written again)
             means = mean_maps(model)
             for element in sorted(trained):
                 rows.append({"step": step, "layer": name, "layers_randomised": step, "element": element,
