@@ -205,7 +205,7 @@ def report(args, results: dict, checks: dict) -> None:
         rss = f"{m['rss_mib']:.0f}" if m.get("rss_mib") else ""
         lines.append(f"| {name} | {n / m['wall']:.3f} | {m['wall']:.1f} | {m['loop']:.1f} | {rss} | {ratio} |")
     per_image_b = median["b_mean"]["loop"] / n
-    lines += ["", f"loops over batches, images/s: " + ", ".join(
+    lines += ["", "loops over batches, images/s: " + ", ".join(
         f"{name} {n / m['loop']:.1f}" for name, m in median.items() if "loop" in m)]
     if "c_floor" in median:
         floor = median["c_floor"]["per_image"]

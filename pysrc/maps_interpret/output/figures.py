@@ -24,6 +24,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .. import signals
 from ..data.caps import load_tensor
 from ..data.transforms import Preprocess
 from . import provenance, space, writers
@@ -141,8 +142,6 @@ def draw_run(plan, folders: list[tuple]) -> None:
     """Every folder of the run, (data pass, job, folder) each (the folders still staged: figures are drawn before
     anything is published): a PNG beside each statistic map, figures.json, index.html; interpret.json's list of
     outputs brought up to date. A stop signal is honoured between figures (`check`)."""
-    from .. import signals
-
     mode = plan.maps.mode
     figures = {folder: maps_to_draw(folder, mode) for _, _, folder in folders}
     scales = colour_scales([f for listing in figures.values() for f in listing])

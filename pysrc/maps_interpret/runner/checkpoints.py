@@ -65,9 +65,12 @@ def differences(old: dict, new: dict) -> list[str]:
 class Checkpoint:
     """One rank's checkpoint in a run folder."""
 
-    def __init__(self, run_dir: Path, rank: int, world: int, fingerprint_: dict):
+    def __init__(self, run_dir: Path, rank: int, world: int, fingerprint_: dict, persist: bool = True):
         self.run_dir = Path(run_dir)
         self.rank, self.world, self.fingerprint = rank, world, fingerprint_
+        # False: the record lives in memory only (--merge_parts: a killed merge is redone from the parts, which
+        # stay intact until it ends, so it must leave nothing a later run would take for a run to resume)
+        self.persist = persist
         self.path = self.run_dir / f"{CHECKPOINT_PREFIX}-{rank}.json"
         # pass -> {"done", "state", "sums": [file per job], "generation", "published": [job indices]}
         self.passes: dict[int, dict] = {}
@@ -150,6 +153,8 @@ class Checkpoint:
         return self.passes.setdefault(pass_index, {"done": 0, "sums": [], "generation": 0})
 
     def write(self) -> None:
+        if not self.persist:
+            return
         writers.write_json(self.path, {"version": VERSION, "world": self.world, "rank": self.rank,
                                        "fingerprint": self.fingerprint, "steps": self.steps,
                                        "passes": {str(p): v for p, v in sorted(self.passes.items())}})

@@ -80,6 +80,12 @@ def draw_figures(plan, folders: list[tuple]) -> None:
                                  "permissions, then run again with --continue") from None
 
 
+def staged_folders(plan, staging: Staging, published: list[set]) -> list[tuple]:
+    """(data pass, job, staged folder) of every job whose folder is not published yet."""
+    return [(data_pass, job, staging.job_dir(i, j)) for i, data_pass in enumerate(plan.passes)
+            for j, job in enumerate(data_pass.jobs) if j not in published[i]]
+
+
 def publish_jobs(plan, staging: Staging, checkpoint: checkpoints.Checkpoint, summary: RunSummary,
                  published: list[set]) -> None:
     """The data group (with the first results), then each job's folder moved into place, each recorded as it is;
@@ -127,9 +133,10 @@ def link(source: Path, destination: Path) -> None:
 
 
 def merge_parts(plan, summary: RunSummary) -> None:
-    """--merge_parts: the finished parts' partial sums added in part order, their individual maps linked
-    into the final folders (the parts stay intact until everything is in place), then the data group and
-    the folders, as one uninterrupted run would leave them; finally the parts' folders are removed."""
+    """--merge_parts: the parts' individual maps linked into the staged folders (the parts stay intact until
+    everything is in place), their partial sums added in part order and written as a run's are, then the
+    figures, the data group and the folders, as one uninterrupted run would leave them; finally the parts'
+    folders are removed."""
     settings = plan.run
     fingerprint = checkpoints.fingerprint(plan)
     root = plan.maps.path / STAGING_DIRNAME
@@ -137,35 +144,27 @@ def merge_parts(plan, summary: RunSummary) -> None:
     for part in range(settings.num_parts):
         run_dir = root / settings.key(part_id=part)
         parts.append((run_dir, checkpoints.read_part(run_dir, fingerprint, part, settings.num_parts)))
-    refuse_existing_outputs(plan, [set() for _ in plan.passes])
+    none = [set() for _ in plan.passes]
+    refuse_existing_outputs(plan, none)
     staging = Staging(plan.maps.path, f"{settings.data_group}-{settings.name}-merge")
     open_staging(staging, plan)
-    checkpoint = checkpoints.Checkpoint(staging.run_dir, 0, 1, fingerprint)  # the digest in interpret.json
+    checkpoint = checkpoints.Checkpoint(staging.run_dir, 0, 1, fingerprint, persist=False)
     started = time.perf_counter()  # the merge's own time: each part's is in its log
     done = False
     try:
         for index, data_pass in enumerate(plan.passes):
-            per_part = [checkpoints.part_partials(run_dir, state, index) for run_dir, state in parts]
-            for job_index, job in enumerate(data_pass.jobs):
+            for job_index in range(len(data_pass.jobs)):
                 folder = staging.job_dir(index, job_index)
-                partial = merge_all(partials[job_index] for partials in per_part)
-                results.write_means(plan, data_pass, job, partial, folder)
-                _sanity_check(plan, data_pass, job, partial, folder)
                 for run_dir, _ in parts:
                     for path in sorted((run_dir / f"pass-{index}-job-{job_index}").glob("*")):
                         link(path, folder / path.name)
-                results.write_individual_image_space(plan, data_pass, folder)
-                _provenance(plan, data_pass, job, folder, time.perf_counter() - started, 1, 0, checkpoint)
+            per_part = [checkpoints.part_partials(run_dir, state, index) for run_dir, state in parts]
+            merged = [merge_all(partials[job] for partials in per_part) for job in range(len(data_pass.jobs))]
+            write_pass(plan, index, data_pass, staging, checkpoint, merged, summary, time.perf_counter() - started, 1)
             summary.sessions += len(data_pass.sessions)
         if plan.output.save_figures:
-            draw_figures(plan, [(data_pass, job, staging.job_dir(i, j)) for i, data_pass in enumerate(plan.passes)
-                                for j, job in enumerate(data_pass.jobs)])
-        commit_group(plan.maps, plan.group)
-        for index, data_pass in enumerate(plan.passes):
-            for job_index, job in enumerate(data_pass.jobs):
-                Staging.publish(staging.job_dir(index, job_index), job.output_dir, replace=plan.output.overwrite_name)
-                summary.outputs.append(job.output_dir)
-                log.info("wrote %s", job.output_dir)
+            draw_figures(plan, staged_folders(plan, staging, none))
+        publish_jobs(plan, staging, checkpoint, summary, none)
         done = True
     except OSError as error:
         raise disk_error(error, plan, summary) from None

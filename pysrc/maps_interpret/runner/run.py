@@ -24,7 +24,7 @@ from . import checkpoints
 from .common import RunSummary, WriteFailed, attempt, disk_error, open_staging, refuse_existing_outputs
 from .distributed import Context
 from .passes import compute_pass, element_shard
-from .publish import FIGURES, complete, draw_figures, merge_parts, publish_jobs, write_pass
+from .publish import FIGURES, complete, draw_figures, merge_parts, publish_jobs, staged_folders, write_pass
 
 log = logging.getLogger("maps_interpret")
 
@@ -149,13 +149,12 @@ def _finish(plan, staging: Staging, checkpoint: checkpoints.Checkpoint, summary:
         if index in pending:
             write_pass(plan, index, data_pass, staging, checkpoint, merged.get(index), summary,
                        summary.pass_seconds.get(index, 0.0), ranks)
-    folders = [(data_pass, job, staging.job_dir(i, j)) for i, data_pass in enumerate(plan.passes)
-               for j, job in enumerate(data_pass.jobs) if j not in published[i]]
-    if plan.output.save_figures and FIGURES not in checkpoint.steps and folders:
-        signals.check()
-        log.info("drawing the figures of %d folder(s)", len(folders))
-        draw_figures(plan, folders)
-        checkpoint.mark_step(FIGURES)
+    if plan.output.save_figures and FIGURES not in checkpoint.steps:
+        folders = staged_folders(plan, staging, published)
+        if folders:
+            log.info("drawing the figures of %d folder(s)", len(folders))
+            draw_figures(plan, folders)  # a stop is honoured between figures
+            checkpoint.mark_step(FIGURES)
     publish_jobs(plan, staging, checkpoint, summary, published)
 
 
