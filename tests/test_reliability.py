@@ -191,3 +191,24 @@ def test_merging_parts_across_file_systems_copies_what_it_cannot_link(demo, refe
             assert (merged[key] - value).abs().max() <= 1e-6 * value.abs().max(), key
         else:
             assert torch.equal(merged[key], value), key
+
+
+def test_ctrl_c_while_folders_are_published_keeps_the_checkpoint_and_says_so(demo, reference, monkeypatch, capsys):
+    """Ctrl-C after the first folder is in place: the run stops before the next one, says where its progress is
+    (not "no partial result", which a folder in place would belie), and --continue publishes the rest."""
+    real = Staging.publish
+
+    def interrupted(staged, final, replace):
+        real(staged, final, replace)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Staging, "publish", staticmethod(interrupted))
+    assert main(["maps", "test", "ctrlc", *OPTIONS]) == 128 + signal.SIGINT
+    err = capsys.readouterr().err
+    assert "stopped by SIGINT; the progress was checkpointed in" in err and "no partial result" not in err
+    assert (demo / "maps/split-0/best-loss/test/interpret-ctrlc").is_dir()
+    assert not (demo / "maps/split-1/best-loss/test/interpret-ctrlc").exists()
+    monkeypatch.setattr(Staging, "publish", staticmethod(real))
+    assert main(["maps", "test", "ctrlc", *OPTIONS, "--continue"]) == 0
+    assert_same(maps_of(demo, "ctrlc"), reference)
+    assert not (demo / "maps" / STAGING_DIRNAME).exists()

@@ -3,9 +3,10 @@ SIGUSR1 (SLURM's `--signal` warning before the limit) and SIGINT (Ctrl-C).
 
 Before a run has anything to keep (planning, opening its folder) a signal stops it at once (`Stopped`, or
 KeyboardInterrupt for Ctrl-C). From then on (`deferred()`: the passes, writing the results, the sanity check,
-figures, publishing) the signal is only recorded, and the run stops at its next safe point (`check()`): after
-the batch in hand with every model (with a checkpoint of every finished batch), while it waits for a batch,
-between the steps of writing and publishing, each of which its checkpoint records.
+figures, publishing) the signal is only recorded, and the run stops at its next safe point (`check()`, as
+`Stopped` whatever the signal, its checkpoint kept): after the batch in hand with every model (with a checkpoint
+of every finished batch), while it waits for a batch, between the steps of writing and publishing, each of which
+its checkpoint records.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ def _handler(signum, frame) -> None:
         _state["requested"] = signum
         return
     _state["requested"] = signum
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Stopped(signum)
+    raise _at_once(signum)
+
+
+def _at_once(signum: int) -> BaseException:
+    """What a signal raises before the run has anything to keep: Ctrl-C is Python's own KeyboardInterrupt."""
+    return KeyboardInterrupt() if signum == signal.SIGINT else Stopped(signum)
 
 
 def install() -> None:
@@ -65,10 +69,11 @@ def requested() -> Optional[int]:
 
 
 def check() -> None:
-    """A safe point: stop now if a signal was received while deferring."""
+    """A safe point: stop now if a signal was received while deferring. Whatever the signal (Ctrl-C too), the
+    run stops as `Stopped`: what it has done is kept, and the CLI says where."""
     pending = _state["requested"]
     if pending is not None and _state["deferring"] and not _state.get("finished"):
-        raise KeyboardInterrupt if pending == signal.SIGINT else Stopped(pending)
+        raise Stopped(pending)
 
 
 @contextmanager
@@ -76,7 +81,7 @@ def deferred() -> Iterator[None]:
     """Signals received inside are recorded (`requested`) instead of raised; one received before is raised."""
     pending = _state["requested"]
     if pending is not None:
-        raise KeyboardInterrupt if pending == signal.SIGINT else Stopped(pending)
+        raise _at_once(pending)
     _state["deferring"] += 1
     try:
         yield
