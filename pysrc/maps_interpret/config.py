@@ -179,13 +179,18 @@ class InterpretConfig:
             self.caps_directory = Path(self.caps_directory)
 
 
-def validate(config: InterpretConfig) -> None:
-    """Checks the options that need no file, but the method's (settings.engine_settings checks those): raises
-    UsageError (exit status 2) on the first problem."""
+def _check_names(config) -> None:
+    """DATA_GROUP, NAME and each selection metric: names that become folder names (both commands)."""
     check_name(config.data_group, "DATA_GROUP", UsageError)
     check_name(config.name, "NAME", UsageError)
     for metric in config.selection_metrics:
         check_name(metric, "--selection_metrics", UsageError)
+
+
+def validate(config: InterpretConfig) -> None:
+    """Checks the options that need no file, but the method's (settings.engine_settings checks those): raises
+    UsageError (exit status 2) on the first problem."""
+    _check_names(config)
     if config.batch_size < 1:
         raise UsageError(f"--batch_size must be at least 1, got {config.batch_size}")
     if config.n_proc < 0:
@@ -309,10 +314,7 @@ class CompareConfig:
 
 def validate_compare(config: CompareConfig) -> None:
     """Option checks that need no file (UsageError, exit status 2)."""
-    check_name(config.data_group, "DATA_GROUP", UsageError)
-    check_name(config.name, "NAME", UsageError)
-    for metric in config.selection_metrics:
-        check_name(metric, "--selection_metrics", UsageError)
+    _check_names(config)
     if config.statistic not in COMPARE_STATISTICS:
         raise UsageError(f"--statistic {config.statistic!r} is not one of {', '.join(COMPARE_STATISTICS)}")
     for split in config.splits:

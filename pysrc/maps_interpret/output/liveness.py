@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .writers import atomic_write_text
+from .writers import atomic_write_text, unlink_quietly
 
 HEARTBEAT = 60.0  # seconds between refreshes of a live run's record
 STALE = 600.0  # a record on another host older than this is a dead run's
@@ -71,11 +71,8 @@ class Heartbeat:
             except OSError:  # a full disk must not kill the run here; the next beat tries again
                 pass
 
-    def stop(self, remove: bool = True) -> None:
+    def stop(self) -> None:
+        """The refreshes end and the record goes: the run no longer lives."""
         self._stop.set()
         self._thread.join(timeout=5)
-        if remove:
-            try:
-                self.path.unlink()
-            except OSError:
-                pass
+        unlink_quietly(self.path)

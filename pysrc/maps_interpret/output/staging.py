@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import liveness
-from .writers import _unlink_quietly, remove_temporaries
+from .writers import remove_temporaries, unlink_quietly
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,17 @@ class Staging:
             handle.close()
             raise FileExistsError(f"{self.run_dir} is in use by another run of the same data group and NAME; "
                                   "wait for it to finish, or choose another NAME") from None
-        record = liveness.read(liveness.path(self.root, self.key))
+        alive = liveness.path(self.root, self.key)
+        record = liveness.read(alive)
         if liveness.alive_elsewhere(record):  # the flock of a run on another node may not be visible here
             handle.close()
             raise FileExistsError(
                 f"{self.run_dir} is in use by a run on another node ({liveness.describe(record)}); wait for it to "
-                f"finish, or choose another NAME (if that run is dead, {liveness.path(self.root, self.key)} goes stale "
+                f"finish, or choose another NAME (if that run is dead, {alive} goes stale "
                 f"{liveness.STALE / 60:.0f} minutes after its last heartbeat; remove it to go on at once)")
         self._lock = handle
-        remove_temporaries(self.root, liveness.path(self.root, self.key).name)  # a killed run's unfinished record
-        self._heartbeat = liveness.Heartbeat(liveness.path(self.root, self.key))
+        remove_temporaries(self.root, alive.name)  # a killed run's unfinished record
+        self._heartbeat = liveness.Heartbeat(alive)
         self._remove_abandoned()
         resumable = has_checkpoint(self.run_dir)
         if resumable and not keep_checkpoint:
@@ -118,13 +119,13 @@ class Staging:
                     continue
                 log.info("removing %s, left by a run that was killed", folder)
                 shutil.rmtree(folder, ignore_errors=True)
-                _unlink_quietly(str(liveness.path(self.root, folder.name)))
+                unlink_quietly(liveness.path(self.root, folder.name))
 
     def close(self, keep: bool) -> None:
         """Removes the run folder unless `keep`; releases the key."""
         if not keep:
             shutil.rmtree(self.run_dir, ignore_errors=True)
-            _unlink_quietly(str(self.root / f"{self.key}.lock"))
+            unlink_quietly(self.root / f"{self.key}.lock")
         self.release()
         try:
             self.root.rmdir()  # only when no other run uses it

@@ -23,7 +23,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
 
 
@@ -61,7 +61,7 @@ def save_state(state, path: Path) -> None:
             torch.save(state, handle)
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
 
 
@@ -88,7 +88,7 @@ def save_nifti(volume, path: Path, affine=None, header=None) -> None:
         nib.save(image, tmp)
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
 
 
@@ -132,7 +132,7 @@ def remove_temporaries(folder: Path, name: str = "") -> None:
     staged folder is published, or when a run takes its key again."""
     for path in Path(folder).glob(f".{name}*"):
         if path.is_file() and is_temporary(path):
-            _unlink_quietly(str(path))
+            unlink_quietly(path)
 
 
 def remove_tree(path: Path) -> None:
@@ -200,7 +200,8 @@ class BackgroundWriter:
             self._thread.join()
 
 
-def _unlink_quietly(path: str) -> None:
+def unlink_quietly(path) -> None:
+    """Removes a file if it is there (a temporary, a record): nothing to do if it is not, or cannot be."""
     try:
         os.unlink(path)
     except OSError:

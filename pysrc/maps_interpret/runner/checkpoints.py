@@ -3,10 +3,10 @@
 A checkpoint belongs to one rank of one run folder (output/staging.py): per pass, how many of the rank's
 elements have been added (in ClinicaDL's session-major order), the partial sums of each model over them
 (partials.Partial), its state ("running", "computed": summed over the ranks, "written": every folder's files in
-staging) and which of its jobs' folders are published; and the run's steps done once (figures drawn). It is written atomically: the
-sums files first, then the JSON that names them (the generation before stays valid until it is replaced).
-Individual maps go through the same background writer before the JSON, so every element the checkpoint
-counts has its map on disk.
+staging) and which of its jobs' folders are published; and the run's steps done once (figures drawn). It is
+written atomically: the sums files first, then the JSON that names them (the generation before stays valid until
+it is replaced). Individual maps go through the same background writer before the JSON, so every element the
+checkpoint counts has its map on disk.
 
 The run's fingerprint (the options that change the maps, the sessions of each pass, each model file's
 sha256) is stored with it; a run that differs is refused, naming what differs.
@@ -117,7 +117,7 @@ class Checkpoint:
         files = self.passes.get(pass_index, {}).get("sums")
         if not files:
             return [Partial.empty() for _ in range(n_jobs)]
-        return [Partial.from_state(torch.load(self.run_dir / name, weights_only=True)) for name in files]
+        return load_sums(self.run_dir, files)
 
     def save(self, pass_index: int, done: int, partials: list[dict], state: str = "running") -> None:
         """Writes `partials` (Partial.state() of each model, CPU) and the JSON naming them; then drops the
@@ -193,5 +193,9 @@ def read_part(run_dir: Path, fingerprint_: dict, part_id: int, num_parts: int) -
 
 
 def part_partials(run_dir: Path, state: dict, pass_index: int) -> list[Partial]:
-    return [Partial.from_state(torch.load(run_dir / name, weights_only=True))
-            for name in state["passes"][str(pass_index)]["sums"]]
+    return load_sums(run_dir, state["passes"][str(pass_index)]["sums"])
+
+
+def load_sums(run_dir: Path, files: list[str]) -> list[Partial]:
+    """The partial sums of each job, from the files a checkpoint or a part names (tensors only)."""
+    return [Partial.from_state(torch.load(run_dir / name, weights_only=True)) for name in files]
