@@ -12,10 +12,12 @@ SOURCES := $(shell find csrc pysrc buildtools -type f \( -name '*.cpp' -o -name 
 setup: $(VENV)/.installed
 
 # Dependencies first (torch pinned in requirements/torch.txt), then the package built against that torch.
-$(VENV)/.deps: requirements/torch.txt requirements/build.txt
+$(VENV)/.deps: requirements/torch.txt requirements/build.txt requirements/oracles.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements/torch.txt -r requirements/build.txt
+	$(BIN)/pip install --quiet -r requirements/torch.txt -r requirements/oracles.txt
+	$(BIN)/pip install --quiet --no-deps clinicadl==2.0.0
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.deps $(SOURCES)
@@ -27,7 +29,9 @@ demo: setup
 	$(BIN)/maps-interpret $(DEMO)/maps test demo gradients \
 	    --participants_tsv $(DEMO)/data/test.tsv --caps_directory $(DEMO)/data/caps \
 	    --save_individual --save_nifti --save_figures --no-gpu
+	$(BIN)/maps-interpret $(DEMO)/clinicadl2 test demo gradients --save_individual --save_nifti --save_figures --no-gpu
 	@echo "Maps written under $(DEMO)/maps/split-*/best-loss/test/interpret-demo/ (open its index.html)"
+	@echo "and, for the ClinicaDL 2.0 output, under $(DEMO)/clinicadl2/test/group-test/results/split-0/best-loss/"
 
 test: setup
 	$(BIN)/python -m pytest -q

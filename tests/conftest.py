@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import fixture_root
+from helpers import fixture2_root, fixture_root
 from parity import summary_lines
 
 
@@ -21,6 +21,9 @@ def pytest_sessionstart(session) -> None:
         where = os.environ.get("MAPS_INTERPRET_FIXTURES") or "../shared/fixtures/clinicadl-1.6.1 (beside the checkout)"
         pytest.exit(f"{REQUIRE}=1 but the ClinicaDL 1.6.1 fixture is not at {where}: its parity tests cannot be "
                     "skipped here", returncode=3)
+    if os.environ.get(REQUIRE) == "1" and fixture2_root() is None:
+        pytest.exit(f"{REQUIRE}=1 but the ClinicaDL 2.0.0 fixture is not beside the 1.6.1 one (or at "
+                    "$MAPS_INTERPRET_FIXTURES2): its reference tests cannot be skipped here", returncode=3)
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

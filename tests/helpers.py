@@ -27,6 +27,19 @@ def fixture_root() -> Path | None:
     return None
 
 
+def fixture2_root() -> Path | None:
+    """The ClinicaDL 2.0.0 fixture: $MAPS_INTERPRET_FIXTURES2, else beside the 1.6.1 one (../shared/fixtures)."""
+    given = os.environ.get("MAPS_INTERPRET_FIXTURES2")
+    first = fixture_root()
+    candidates = [given] if given else [REPO / "shared" / "fixtures" / "clinicadl-2.0.0",
+                                        REPO.parent / "shared" / "fixtures" / "clinicadl-2.0.0",
+                                        *([first.parent / "clinicadl-2.0.0"] if first else [])]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "maps_cnn_image_cls" / "model.json").is_file():
+            return Path(candidate)
+    return None
+
+
 def tree_digest(path: Path) -> dict[str, str]:
     """Every file and folder under `path` with a hash of its content, to prove a MAPS unchanged."""
     out = {}

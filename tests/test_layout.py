@@ -18,6 +18,7 @@ MAX_LINES = 400
 FLOORS = [
     ("errors", "names", "_version", "signals"),
     ("methods", "tables"),
+    ("maps2",),
     ("config", "settings", "maps"),
     ("data", "engine"),
     ("models",),
@@ -25,6 +26,7 @@ FLOORS = [
     ("output",),
     ("analysis",),
     ("runner",),
+    ("synthetic2",),
     ("cli", "synthetic"),
     ("__init__", "__main__"),
 ]

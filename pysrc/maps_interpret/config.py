@@ -60,7 +60,8 @@ def _with_method_parameters(cls):
 class InterpretConfig:
     input_maps_directory: Path = field(metadata=_opt(
         "input_maps_directory", metavar="INPUT_MAPS_DIRECTORY", type=Path,
-        help="MAPS folder written by `clinicadl train`."))
+        help="MAPS folder written by `clinicadl train` (ClinicaDL 1.x), or a ClinicaDL 2.0 training output "
+             "(the folder with model.json and training/)."))
     data_group: str = field(metadata=_opt(
         "data_group", metavar="DATA_GROUP",
         help="Data group to interpret: train, validation, an existing group, or a new one "
@@ -272,7 +273,7 @@ DEFAULT_TOP_K = (1.0, 5.0, 10.0)
 class CompareConfig:
     input_maps_directory: Path = field(metadata=_opt(
         "input_maps_directory", metavar="INPUT_MAPS_DIRECTORY", type=Path,
-        help="MAPS folder whose models were interpreted by maps-interpret."))
+        help="MAPS folder (or ClinicaDL 2.0 training output) whose models were interpreted by maps-interpret."))
     data_group: str = field(metadata=_opt(
         "data_group", metavar="DATA_GROUP", help="Data group that was interpreted."))
     name: str = field(metadata=_opt(

@@ -63,14 +63,15 @@ class Interpreter:
     @classmethod
     def from_maps(cls, maps: Union[str, Path, Maps], split: int = 0, selection_metric: str = "loss",
                   device: Union[str, torch.device] = "cpu") -> "Interpreter":
-        """The model of `<split>/best-<selection_metric>/` of a MAPS, rebuilt and loaded safely (weights only)."""
+        """The model of `<split>/best-<selection_metric>/` of a MAPS (of ClinicaDL 1.x; or of a ClinicaDL 2.0
+        output folder, where `selection_metric` may also be "final"), rebuilt and loaded safely (weights only)."""
         from .models import load_model, model_file
 
-        maps = maps if isinstance(maps, Maps) else open_maps(Path(maps))
+        maps = open_maps(Path(maps)) if isinstance(maps, (str, Path)) else maps
         path = model_file(maps, split, selection_metric)
         if not path.is_file():
             raise MapsInterpretError(f"{path} does not exist: the MAPS has no model for {maps.split_name}-{split} "
-                                     f"best-{selection_metric}")
+                                     f"{maps.checkpoint_name(selection_metric)}")
         return cls(load_model(maps, path), device, label_code=maps.params.get("label_code"),
                    preprocess=Preprocess.from_params(maps.params), source=path)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MapsInterpretError
+from .maps2 import is_maps2, open_maps2
 
 # The keys interpret reads, with the values ClinicaDL 1.6.1 fills in when maps.json lacks them
 # (its train_config.toml; task-dependent ones are handled in `read_parameters`).
@@ -55,7 +56,8 @@ def read_parameters(maps_json: Path) -> dict[str, Any]:
         text = maps_json.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise MapsInterpretError(f"{maps_json} does not exist: INPUT_MAPS_DIRECTORY must be a MAPS folder "
-                                 "written by `clinicadl train`") from None
+                                 "written by `clinicadl train` (ClinicaDL 1.x), or a ClinicaDL 2.0 output folder "
+                                 "(model.json and training/)") from None
     except OSError as error:
         raise MapsInterpretError(f"cannot read {maps_json}: {error.strerror}") from None
     try:
@@ -196,21 +198,49 @@ class Maps:
         return sorted(entry.name[len("best-"):] for entry in self.split_dir(split).iterdir()
                       if entry.name.startswith("best-") and any((entry / f).is_file() for f in MODEL_FILES))
 
+    generation = 1  # ClinicaDL 1.x (maps2.Maps2: 2.0)
+
+    def model_dir(self, split: int, metric: str) -> Path:
+        return self.split_dir(split) / f"best-{metric}"
+
+    def checkpoint_name(self, metric: str) -> str:
+        return f"best-{metric}"
+
     def model_path(self, split: int, metric: str) -> Path:
-        return self.split_dir(split) / f"best-{metric}" / "model.pth.tar"
+        return self.model_dir(split, metric) / "model.pth.tar"
 
     def results_dir(self, split: int, metric: str, group: str, name: str) -> Path:
-        return self.split_dir(split) / f"best-{metric}" / group / f"interpret-{name}"
+        return self.model_dir(split, metric) / group / f"interpret-{name}"
+
+    def interpreted(self, split: int, group: str, name: str) -> dict[str, Path]:
+        """The selection metrics of a split that hold interpret-<name> for the group, with that folder."""
+        found = {}
+        for entry in sorted(self.split_dir(split).iterdir()):
+            folder = entry / group / f"interpret-{name}"
+            if entry.name.startswith("best-") and folder.is_dir():
+                found[entry.name[len("best-"):]] = folder
+        return found
+
+    def interpretations(self, group: str) -> list[str]:
+        return sorted({folder.name[len("interpret-"):] for folder
+                       in self.path.glob(f"{self.split_name}-*/best-*/{group}/interpret-*") if folder.is_dir()})
+
+    def where(self, split: int, metric: str, group: str, name: str) -> str:
+        """A job's folder as the logs name it (relative to the MAPS)."""
+        return f"{self.split_name}-{split}/best-{metric}/{group}/interpret-{name}"
 
     @property
     def groups_dir(self) -> Path:
         return self.path / "groups"
 
 
-def open_maps(path: Path) -> Maps:
+def open_maps(path: Path):
+    """A MAPS of ClinicaDL 1.x (maps.json), or a ClinicaDL 2.0 output folder (model.json + training/)."""
     path = Path(path)
     if not path.is_dir():
         raise MapsInterpretError(f"INPUT_MAPS_DIRECTORY {path} is not a folder")
+    if not (path / "maps.json").is_file() and is_maps2(path):
+        return open_maps2(path)
     params = read_parameters(path / "maps.json")
     split_name = "fold" if any(path.glob("fold-*")) else "split"
     return Maps(path=path, params=params, split_name=split_name)

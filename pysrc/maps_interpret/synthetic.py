@@ -222,12 +222,14 @@ def write_element_files(caps: Path, sessions_: Sequence[SessionSpec], prep: dict
 def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 16, n_test: int = 6,
                seconds: float = 3.0, seed: int = 0, trained: bool = True, preprocessing: Optional[dict] = None,
                input_size: Optional[Sequence[int]] = None,
-               regions: Optional[dict[str, tuple[slice, ...]]] = None, nifti: bool = True) -> dict[str, Path]:
+               regions: Optional[dict[str, tuple[slice, ...]]] = None, nifti: bool = True,
+               clinicadl2: bool = False) -> dict[str, Path]:
     """DIR/data/caps (all subjects), DIR/data/test.tsv, DIR/maps (2-fold, both splits trained).
 
     Other modes: `preprocessing` (a maps.json preprocessing_dict) and the network's `input_size` (one
     element); ROI `regions` become masks; `prepare_dl` writes element files. Only image mode trains.
     `nifti`: the CAPS also holds the source NIfTI images (maps are then written in their space).
+    `clinicadl2`: also DIR/clinicadl2, a ClinicaDL 2.0 training output on the same NIfTI images (synthetic2.py).
     """
     root = Path(root)
     data, maps = root / "data", root / "maps"
@@ -269,7 +271,13 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
     params = maps_parameters(input_size, caps_directory="data/caps", tsv_path="data/split", n_splits=2,
                              preprocessing=preprocessing)
     write_maps(maps, params, splits, models)
-    return {"root": root, "caps": caps, "maps": maps, "test_tsv": data / "test.tsv"}
+    paths = {"root": root, "caps": caps, "maps": maps, "test_tsv": data / "test.tsv"}
+    if clinicadl2:
+        from .synthetic2 import build_output2
+
+        paths["clinicadl2"] = build_output2(root / "clinicadl2", caps, *splits[0], test_sessions, shape, seconds / 2,
+                                            seed)
+    return paths
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -287,8 +295,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutil.rmtree(root)  # an earlier demo: start afresh so the demo is the same every time
     root.mkdir(parents=True)
     (root / MARKER).write_text("made by python -m maps_interpret.synthetic demo\n")
-    paths = build_demo(root, seconds=args.seconds)
-    print(f"demo CAPS: {paths['caps']}\ndemo MAPS: {paths['maps']}\ntest participants: {paths['test_tsv']}")
+    paths = build_demo(root, seconds=args.seconds, clinicadl2=True)
+    print(f"demo CAPS: {paths['caps']}\ndemo MAPS: {paths['maps']}\ntest participants: {paths['test_tsv']}\n"
+          f"demo ClinicaDL 2.0 output: {paths['clinicadl2']}")
     return 0
 
 

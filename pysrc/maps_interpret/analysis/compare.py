@@ -45,27 +45,22 @@ class CompareSummary:
 def open_maps(path: Path):
     if not Path(path).is_dir():
         raise MapsInterpretError(f"INPUT_MAPS_DIRECTORY {path} is not a folder: give the MAPS folder that holds "
-                                 "maps.json and the split-<k>/ folders")
+                                 "maps.json and the split-<k>/ folders (ClinicaDL 1.x) or model.json and "
+                                 "training/ (2.0)")
     return _open_maps(path)
 
 
 def interpreted(maps, split: int, group: str, name: str) -> dict[str, Path]:
     """The selection metrics of a split that hold interpret-<NAME> for the group, with that folder. A model file
     is not required: comparing needs only the maps."""
-    split_dir = maps.split_dir(split)
-    found = {}
-    for entry in sorted(split_dir.iterdir()):
-        folder = entry / group / f"interpret-{name}"
-        if entry.name.startswith("best-") and folder.is_dir():
-            found[entry.name[len("best-"):]] = folder
-    return found
+    return maps.interpreted(split, group, name)
 
 
 def find_sources(maps, config: CompareConfig) -> list[Source]:
     """The folders to compare, ordered by selection metric then split (the figure shows one block per metric)."""
     available = {split: interpreted(maps, split, config.data_group, config.name) for split in maps.splits()}
     available = {split: metrics for split, metrics in available.items() if metrics}
-    where = f"{maps.path}/{maps.split_name}-*/best-*/{config.data_group}/interpret-{config.name}/"
+    where = f"{maps.path}/{maps.where('*', '*', config.data_group, config.name)}/"
     if not available:
         raise MapsInterpretError(
             f"no interpretation named {config.name!r} of data group {config.data_group!r} in {maps.path} (looked for "
@@ -74,8 +69,8 @@ def find_sources(maps, config: CompareConfig) -> list[Source]:
     for split in config.splits:
         if split not in available:
             raise MapsInterpretError(
-                f"--splits {split}: {maps.split_dir(split)} holds no best-*/{config.data_group}/interpret-"
-                f"{config.name}/ (splits that do: {', '.join(map(str, sorted(available)))}); remove --splits {split}")
+                f"--splits {split}: no {maps.where(split, '*', config.data_group, config.name)}/ in {maps.path} "
+                f"(splits that do: {', '.join(map(str, sorted(available)))}); remove --splits {split}")
     every_metric = sorted({metric for metrics in available.values() for metric in metrics})
     for metric in config.selection_metrics:
         if metric not in every_metric:
@@ -90,8 +85,7 @@ def find_sources(maps, config: CompareConfig) -> list[Source]:
 
 
 def _known_names(maps, group: str) -> str:
-    names = sorted({folder.name[len("interpret-"):]
-                    for folder in maps.path.glob(f"{maps.split_name}-*/best-*/{group}/interpret-*") if folder.is_dir()})
+    names = maps.interpretations(group)
     return f" (interpretations of {group}: {', '.join(names)})" if names else f" (data group {group!r} has none)"
 
 

@@ -79,6 +79,7 @@ class Session:
     label: Optional[str] = None  # its value in the group's label column (maps.json `label`), when asked for
     group: Optional[str] = None  # its value in the --group_by column, when asked for
     source_image: Optional[Path] = None  # the NIfTI the tensor was made from, if the CAPS still has it
+    grid: object = None  # ClinicaDL 2.0: the preprocessing that gives the network input's affine (data/clinicadl2)
 
 
 def find_sessions(caps: dict[str, Path], rows: Sequence[dict], prep: dict,

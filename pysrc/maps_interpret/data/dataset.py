@@ -63,8 +63,11 @@ class SessionDataset(Dataset):
     happen later on the compute device (`DevicePreprocess`); otherwise here, in the loader worker."""
 
     def __init__(self, sessions: Sequence[Session], layout, preprocess: Preprocess, input_size: Sequence[int],
-                 element_ids: Sequence[int], raw: bool = False):
+                 element_ids: Sequence[int], raw: bool = False, source=None):
         self.sessions = list(sessions)
+        # ClinicaDL 2.0 (data/clinicadl2.Pipeline2): sessions are NIfTI files, read with its transforms (raw: the
+        # spatial ones only; `intensity` then runs on the compute device, DevicePreprocess)
+        self.source = source
         self.layout = layout
         self.preprocess = preprocess
         self.input_size = tuple(input_size)
@@ -80,6 +83,10 @@ class SessionDataset(Dataset):
         elements = 4 * len(self.element_ids) * math.prod(self.input_size)
         if not self.raw or self.layout.prepare_dl or not self.sessions:
             return elements
+        if self.source is not None:
+            import nibabel as nib
+
+            return max(elements, 4 * math.prod(nib.load(str(self.sessions[0].tensor_path)).shape))  # the header
         image = load_tensor(self.sessions[0].tensor_path, mmap=True)  # the header only
         return max(elements, 4 * image.numel())
 
@@ -134,7 +141,10 @@ class SessionDataset(Dataset):
                 paths.append(path)
                 tensors.append(tensor)
             return torch.stack(tensors).float(), paths
-        image = load_tensor(session.tensor_path, mmap=True)
+        if self.source is not None:
+            image = (self.source.spatial_image if self.raw else self.source.image)(session.tensor_path)
+        else:
+            image = load_tensor(session.tensor_path, mmap=True)
         if image.dtype != torch.float32:  # ClinicaDL's transforms run on float32 values
             image = image.float()
         ids = self.layout.element_ids(tuple(image.shape))

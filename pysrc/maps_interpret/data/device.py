@@ -41,6 +41,8 @@ class DevicePreprocess:
         order = group[0].order
         x = host.to(self.device, non_blocking=cuda).permute(order)  # the file's layout, undone on the device
         data = self.dataset
+        if data.source is not None:  # ClinicaDL 2.0: its intensity transforms, each image with its own statistics
+            x = data.source.intensity(x)
         elements = x if data.layout.prepare_dl else data.layout.cut(x)
         shape = data.preprocess.output_shape(tuple(elements.shape[1:]))
         if shape != data.input_size:

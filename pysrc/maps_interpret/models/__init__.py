@@ -34,16 +34,28 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"  # best-<metric>/ file of a custom arc
 
 
 def uses_torchscript(maps: Maps) -> bool:
-    """Architectures we cannot rebuild are read from a TorchScript file the user saved beside model.pth.tar."""
+    """Architectures we cannot rebuild are read from a TorchScript file the user saved beside the weights."""
+    if getattr(maps, "generation", 1) == 2:
+        from .clinicadl2 import NETWORKS
+
+        return maps.architecture not in NETWORKS
     return maps.architecture not in ARCHITECTURES
 
 
+def weights_file(maps: Maps) -> str:
+    return "model.pt" if getattr(maps, "generation", 1) == 2 else "model.pth.tar"
+
+
 def model_file(maps: Maps, split: int, metric: str) -> Path:
-    folder = maps.split_dir(split) / f"best-{metric}"
-    return folder / TORCHSCRIPT_FILE if uses_torchscript(maps) else folder / "model.pth.tar"
+    folder = maps.model_dir(split, metric)
+    return folder / TORCHSCRIPT_FILE if uses_torchscript(maps) else folder / weights_file(maps)
 
 
 def build_model(maps: Maps) -> nn.Module:
+    if getattr(maps, "generation", 1) == 2:
+        from .clinicadl2 import build_network
+
+        return build_network(maps.network_config, str(maps.path / "model.json"))
     params = maps.params
     if params.get("multi_network"):
         raise MapsInterpretError(f"{maps.path}: multi_network MAPS are not supported (one model per element)")
@@ -73,8 +85,9 @@ def _default_outputs(maps: Maps) -> int:
     return len(codes)
 
 
-def read_state_dict(path: Path, mmap: bool = False) -> dict:
-    """The state_dict of a ClinicaDL `model.pth.tar` ({"model": state_dict, "epoch", "name"}), read with
+def read_state_dict(path: Path, mmap: bool = False, generation: int = 1) -> dict:
+    """The state_dict of a ClinicaDL `model.pth.tar` ({"model": state_dict, "epoch", "name"}), or of a 2.0
+    `model.pt` (the SupervisedModel's bare state_dict: the network's keys prefixed `network.`), read with
     `weights_only=True`: a file holding anything but tensors and plain values is refused, never run.
     `mmap` maps the file instead of reading it (checks touch only the headers)."""
     try:
@@ -89,6 +102,11 @@ def read_state_dict(path: Path, mmap: bool = False) -> dict:
     except Exception as error:
         raise MapsInterpretError(f"cannot load {path}: it is truncated, corrupt, or holds more than plain "
                                  f"tensors (refused for safety; {first_line(error)[:200]})") from None
+    if generation == 2:
+        prefix = "network."
+        if not isinstance(checkpoint, dict) or not any(str(k).startswith(prefix) for k in checkpoint):
+            raise MapsInterpretError(f"{path} is not a ClinicaDL 2.0 model.pt: no {prefix}* weights inside")
+        return {key[len(prefix):]: value for key, value in checkpoint.items() if key.startswith(prefix)}
     state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict):
         raise MapsInterpretError(f"{path} is not a ClinicaDL checkpoint: no 'model' state_dict inside")
@@ -105,7 +123,11 @@ def check_state_dict(model: nn.Module, state: dict, path: Path) -> None:
         parts = [f"{what} {', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}"
                  for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shapes))
                  if keys]
-        raise MapsInterpretError(f"{path} does not fit the architecture in maps.json ({'; '.join(parts)})")
+        raise MapsInterpretError(f"{path} does not fit the architecture in {config_name(path)} ({'; '.join(parts)})")
+
+
+def config_name(path: Path) -> str:
+    return "model.json" if path.name == "model.pt" else "maps.json"
 
 
 def output_count(maps: Maps) -> Optional[int]:
@@ -114,6 +136,8 @@ def output_count(maps: Maps) -> Optional[int]:
     is measured by a forward pass on the meta device (no memory, but ~1 s of imports: sympy, torch._dynamo)."""
     if uses_torchscript(maps):
         return None
+    if getattr(maps, "generation", 1) == 2:
+        return int(maps.params["output_size"])
     with torch.device("meta"):
         model = build_model(maps).eval()
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
@@ -131,8 +155,15 @@ def check_weights(maps: Maps, path: Path, cam: bool = False) -> None:
     else:
         with torch.device("meta"):
             model = build_model(maps)
-        check_state_dict(model, read_state_dict(path, mmap=True), path)
-    if cam and not (hasattr(model, "convolutions") and hasattr(model, "fc")):
+        check_state_dict(model, read_state_dict(path, mmap=True, generation=getattr(maps, "generation", 1)), path)
+    if cam and getattr(maps, "generation", 1) == 2:
+        from .clinicadl2 import cam_parts
+
+        try:
+            cam_parts(model, None)
+        except MapsInterpretError as error:
+            raise MapsInterpretError(f"{path}: {error}") from None
+    elif cam and not (hasattr(model, "convolutions") and hasattr(model, "fc")):
         raise MapsInterpretError(f"{path}: grad-cam needs a CNN with `convolutions` and `fc` parts "
                                  f"({maps.architecture} has not); use the gradients method")
 
@@ -145,7 +176,8 @@ def load_model(maps: Maps, path: Path) -> nn.Module:
 
         if not path.is_file():
             raise MapsInterpretError(
-                f"{path} does not exist: architecture {maps.architecture!r} cannot be rebuilt from model.pth.tar; "
+                f"{path} does not exist: architecture {maps.architecture!r} cannot be rebuilt from "
+                f"{weights_file(maps)}; "
                 f"save the trained model there as TorchScript (torch.jit.script(model).save(path))")
         try:
             return load_torchscript(path)
@@ -156,7 +188,8 @@ def load_model(maps: Maps, path: Path) -> nn.Module:
     # file does while it is in use.
     with torch.device("meta"):
         model = build_model(maps)
-    state = {key: value.contiguous() for key, value in read_state_dict(path).items()}
+    stored = read_state_dict(path, generation=getattr(maps, "generation", 1))
+    state = {key: value.contiguous() for key, value in stored.items()}
     check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True, assign=True)
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]

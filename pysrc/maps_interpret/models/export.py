@@ -39,9 +39,17 @@ class CamModel(nn.Module):
 
 def split_for_cam(model: nn.Module, level: Optional[int]) -> CamModel:
     """ClinicaDL's cut: the first `level` modules of `model.convolutions` (all of them when `level` is None
-    or too large) make the trunk; the remaining ones then `model.fc` make the head."""
+    or too large) make the trunk; the remaining ones then `model.fc` make the head. A ClinicaDL 2.0 network
+    is cut where clinicadl2.cam_parts says (its last convolutional feature map)."""
     if not hasattr(model, "convolutions") or not hasattr(model, "fc"):
-        raise ValueError("Grad-CAM needs a CNN with `convolutions` and `fc` parts")
+        from ..errors import MapsInterpretError
+        from .clinicadl2 import cam_parts
+
+        try:
+            return CamModel(*cam_parts(model, level))
+        except MapsInterpretError as error:
+            raise ValueError(f"Grad-CAM needs a CNN with `convolutions` and `fc` parts, or a ClinicaDL 2.0 "
+                             f"network ({error})") from None
     layers = list(model.convolutions.children())
     cut = len(layers) if level is None or level >= len(layers) else level
     return CamModel(nn.Sequential(*layers[:cut]), nn.Sequential(*layers[cut:], model.fc))

@@ -45,8 +45,9 @@ def check_randomisable(maps: Maps) -> None:
 
     if uses_torchscript(maps):
         raise MapsInterpretError(
-            f"--sanity_check re-initialises the layers of a network rebuilt from model.pth.tar; architecture "
+            f"--sanity_check re-initialises the layers of a network rebuilt from its weights; architecture "
             f"{maps.architecture!r} is read from TorchScript ({TORCHSCRIPT_FILE}), whose layers cannot be "
             "re-initialised: remove --sanity_check")
     with torch.device("meta"):  # the layers only: no memory, no initialisation
-        check_layers(build_model(maps), str(maps.path / "maps.json"))
+        config = "model.json" if getattr(maps, "generation", 1) == 2 else "maps.json"
+        check_layers(build_model(maps), str(maps.path / config))

@@ -67,7 +67,8 @@ def mean_input(data_pass, params: dict, mode: str) -> torch.Tensor:
     total = None
     sessions = data_pass.sessions[:BACKGROUND_SESSIONS]
     for session in sessions:
-        image = preprocess(load_tensor(session.tensor_path)).double()
+        read = data_pass.pipeline.image if data_pass.pipeline is not None else load_tensor  # ClinicaDL 2.0: NIfTI
+        image = preprocess(read(session.tensor_path)).double()
         total = image if total is None else total + image
     return (total / len(sessions)).float()
 

@@ -45,7 +45,7 @@ def check_sources(plan) -> None:
                         len(missing), len(data_pass.sessions), missing[0].participant_id, missing[0].session_id)
         reference = group_reference(data_pass)
         others = [s for s in data_pass.sessions if s.source_image is not None
-                  and not space.same_space(space.reference(s.source_image), reference)]
+                  and not space.same_space(space.reference(s.source_image, s.grid), reference)]
         if others:
             log.warning("%d session(s) (e.g. %s %s) have another affine than %s: the group's mean maps are written in "
                         "the space of the latter", len(others), others[0].participant_id, others[0].session_id,
@@ -54,13 +54,13 @@ def check_sources(plan) -> None:
 
 def group_reference(data_pass) -> space.Reference:
     """The space of a group's mean maps: its first session's source image (identity without one)."""
-    first = next((s.source_image for s in data_pass.sessions if s.source_image is not None), None)
-    return space.reference(first)
+    first = next((s for s in data_pass.sessions if s.source_image is not None), None)
+    return space.reference(first.source_image, first.grid) if first is not None else space.reference(None)
 
 
 def session_source(plan, session) -> Optional[space.Reference]:
     """--save_nifti: the session's source image (read on the background writer or a worker thread)."""
-    return space.reference(session.source_image) if plan.output.save_nifti else None
+    return space.reference(session.source_image, session.grid) if plan.output.save_nifti else None
 
 
 def placement(plan, data_pass, element: Optional[int],
@@ -130,7 +130,7 @@ def write_means(plan, data_pass, job, partial: Partial, folder: Path) -> None:
 
 def where(plan, job) -> str:
     """A job's folder as the logs name it."""
-    return f"{plan.maps.split_name}-{job.split}/best-{job.metric}/{plan.output.data_group}/interpret-{plan.output.name}"
+    return plan.maps.where(job.split, job.metric, plan.output.data_group, plan.output.name)
 
 
 def _key_name(output, data_pass, key: int, mode: str) -> str:

@@ -38,14 +38,17 @@ class Reference:
 
 
 @functools.lru_cache(maxsize=4096)
-def reference(path: Optional[Path]) -> Reference:
-    """The source image's affine and header (its header only is read, not its voxels)."""
+def reference(path: Optional[Path], grid: object = None) -> Reference:
+    """The source image's affine and header (its header only is read, not its voxels). `grid`: a ClinicaDL 2.0
+    preprocessing (data/clinicadl2.Pipeline2), whose network input may be another voxel grid of the image
+    (reoriented by ToCanonical, cropped, padded): the affine is then that grid's."""
     if path is None:
         return Reference(None, np.eye(4))
     import nibabel as nib
 
     image = nib.load(str(path))
-    return Reference(Path(path), np.asarray(image.affine, dtype=np.float64), image.header.copy())
+    affine = image.affine if grid is None else grid.input_affine(image)
+    return Reference(Path(path), np.asarray(affine, dtype=np.float64), image.header.copy())
 
 
 def same_space(a: Reference, b: Reference, tolerance: float = 1e-4) -> bool:

@@ -22,6 +22,8 @@ def check_target(maps: Maps, config: InterpretConfig, outputs) -> Optional[dict]
             raise UsageError(f"--target_node {target} is out of range: the network of {maps.path} has "
                              f"{outputs} output node(s), 0..{outputs - 1} (label_code: {label_code})")
         return None
+    if (not isinstance(label_code, dict) or not label_code) and getattr(maps, "generation", 1) == 2:
+        raise UsageError(single_node_message(maps, f"--target_node {target}", outputs))
     if not isinstance(label_code, dict) or not label_code:
         raise UsageError(f"--target_node {target} needs a classification MAPS (a label_code in maps.json); "
                          f"{maps.path} has none (a regression MAPS?): give an output node, e.g. --target_node 0")
@@ -35,7 +37,20 @@ def check_target(maps: Maps, config: InterpretConfig, outputs) -> Optional[dict]
     return label_code
 
 
+def single_node_message(maps, option: str, outputs) -> str:
+    """ClinicaDL 2.0 leaves label encoding to the user: only a classifier with several output nodes can take
+    its node from a session's label (or predict a class among nodes)."""
+    kind = ("a binary classifier's single logit" if maps.params["network_task"] == "classification"
+            else "a regressor's output")
+    return (f"{option} needs a classifier with one output node per class; the network of {maps.path} has "
+            f"{outputs or maps.params['output_size']} output node(s) ({kind}, ClinicaDL 2.0): use --target_node 0"
+            f"{' and group by a column of the data group' if option.startswith('--group_by') else ''}")
+
+
 def check_group_by(maps: Maps, config: InterpretConfig) -> None:
+    if (config.group_by in ("predicted", "correct") and getattr(maps, "generation", 1) == 2
+            and not maps.params.get("label_code")):
+        raise UsageError(single_node_message(maps, f"--group_by {config.group_by}", None))
     if config.group_by in ("predicted", "correct") and not isinstance(maps.params.get("label_code"), dict):
         raise UsageError(f"--group_by {config.group_by} needs a classification MAPS (a label_code in maps.json); "
                          f"{maps.path} has none: group by a column of the group's TSV instead")
@@ -88,7 +103,7 @@ def empty_group_message(maps: Maps, config: InterpretConfig, split: int) -> str:
 def check_model(maps: Maps, split: int, metric: str, cam: bool) -> None:
     """The model exists and loads safely (a checkpoint is checked against the architecture, memory-mapped)."""
     path = model_file(maps, split, metric)
-    if not (maps.split_dir(split) / f"best-{metric}").is_dir():
+    if not maps.model_dir(split, metric).is_dir():
         available = maps.selection_metrics(split)
         raise MapsInterpretError(
             f"{maps.split_dir(split).name} has no model for selection metric {metric!r} "

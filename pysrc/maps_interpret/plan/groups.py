@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
@@ -17,33 +17,24 @@ from ..config import InterpretConfig
 from ..errors import MapsInterpretError, UsageError
 from ..maps import Maps
 from ..tables import read_table
+from . import groups2
+from .definitions import GroupDefinition, GroupPlan
 from .participants import Participants, check_sessions, load_participants, resolve_listed_path
 
 TRAINING_GROUPS = ("train", "validation")
 log = logging.getLogger("maps_interpret")
 
 
-@dataclass(frozen=True)
-class GroupDefinition:
-    caps_directory: str  # as stored in the group's maps.json (relative paths are kept relative)
-    multi_cohort: bool
-    columns: tuple[str, ...]
-    rows: tuple[dict[str, str], ...]
-
-
-@dataclass(frozen=True)
-class GroupPlan:
-    name: str
-    new_definition: Optional[GroupDefinition]  # written by commit_group (new or redefined group)
-    erase_results: bool  # --overwrite on an existing group: its results in every split are removed
-
-
 def group_dir(maps: Maps, name: str, split: Optional[int] = None) -> Path:
+    if getattr(maps, "generation", 1) == 2:
+        return maps.group_dir(name, split)
     path = maps.groups_dir / name
     return path / f"{maps.split_name}-{split}" if name in TRAINING_GROUPS else path
 
 
 def plan_group(maps: Maps, config: InterpretConfig) -> GroupPlan:
+    if getattr(maps, "generation", 1) == 2:
+        return groups2.plan_group(maps, config)
     name = config.data_group
     exists = (maps.groups_dir / name).is_dir()
     given = config.participants_tsv is not None or config.caps_directory is not None
@@ -118,6 +109,8 @@ def _check_leakage(maps: Maps, name: str, definition: GroupDefinition) -> None:
 
 def read_definition(maps: Maps, name: str, split: Optional[int] = None) -> GroupDefinition:
     """The stored definition of a group (for train/validation: of one split)."""
+    if getattr(maps, "generation", 1) == 2:
+        return groups2.read_definition(maps, name, split)
     folder = group_dir(maps, name, split)
     if not folder.is_dir():
         if name in TRAINING_GROUPS:
@@ -139,13 +132,21 @@ def read_definition(maps: Maps, name: str, split: Optional[int] = None) -> Group
 
 
 def definition_for_split(maps: Maps, plan: GroupPlan, split: int) -> GroupDefinition:
-    """What the command interprets for one split (the new definition when the command writes one)."""
-    return plan.new_definition if plan.new_definition is not None else read_definition(maps, plan.name, split)
+    """What the command interprets for one split (the new definition when the command writes one; in a
+    ClinicaDL 2.0 output, read with the preprocessing of the split's training data)."""
+    if plan.new_definition is None:
+        return read_definition(maps, plan.name, split)
+    if getattr(maps, "generation", 1) == 2:
+        return replace(plan.new_definition, dataset=groups2.training_dataset(maps, split))
+    return plan.new_definition
 
 
-def resolve_caps(maps: Maps, definition: GroupDefinition) -> dict[str, Path]:
+def resolve_caps(maps: Maps, definition: GroupDefinition, override: Optional[str] = None) -> dict[str, Path]:
     """The CAPS folder(s) of a group, by cohort ({"single": caps} unless multi-cohort). Relative paths are
-    read against the working directory (as ClinicaDL does), then against the folder that holds the MAPS."""
+    read against the working directory (as ClinicaDL does), then against the folder that holds the MAPS.
+    `override`: where --caps_directory says an existing ClinicaDL 2.0 group's CAPS is now."""
+    if getattr(maps, "generation", 1) == 2:
+        return {"single": groups2.resolve_caps(maps, definition.caps_directory, override)}
     location = _existing(maps, definition.caps_directory)
     if not definition.multi_cohort:
         if not location.is_dir():

@@ -8,6 +8,7 @@ every split and metric, for instance), so each image is loaded and preprocessed 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from ..models import model_file, output_count
 from ..models.layers import check_randomisable
 from ..settings import DataSettings, EngineSettings, OutputSettings, RunSettings, SanitySettings
 from .checks import check_group_by, check_labels, check_model, check_target, empty_group_message, subset_names
-from .groups import GroupPlan, definition_for_split, plan_group, resolve_caps
+from .groups import GroupPlan, definition_for_split, group_dir, plan_group, resolve_caps
 from .resolve import Settings, engine_of, resolve
 
 
@@ -43,6 +44,8 @@ class DataPass:
     jobs: list[Job] = field(default_factory=list)
     subsets: list[str] = field(default_factory=list)  # --group_by: each subset's name (file names), by index
     image_shape: tuple = ()  # (C, D, H, W) of the sessions' image tensors, before elements are cut
+    pipeline: object = None  # ClinicaDL 2.0: the group's preprocessing from NIfTI (data/clinicadl2.Pipeline2)
+    input_size: tuple = ()  # ClinicaDL 2.0: (C, *spatial) of an element, for networks that do not record it
 
     @property
     def n_elements(self) -> int:
@@ -84,6 +87,12 @@ class Plan:
     def dataset(self, data_pass: DataPass, sessions: list[Session]) -> SessionDataset:
         """`sessions` of a pass as the run reads them: raw tensors when they are preprocessed on the device
         (--preprocess_on; auto: on a GPU), else preprocessed by the readers."""
+        if data_pass.pipeline is not None:  # ClinicaDL 2.0: NIfTI read and transformed as 2.0 does
+            from ..data.clinicadl2_extraction import SamplePreprocess
+
+            return SessionDataset(sessions, data_pass.layout, SamplePreprocess(data_pass.pipeline),
+                                  data_pass.input_size, data_pass.element_ids, raw=self.data.on_device,
+                                  source=data_pass.pipeline)
         return SessionDataset(sessions, data_pass.layout, Preprocess.from_params(self.maps.params),
                               self.maps.input_size, data_pass.element_ids, raw=self.data.on_device)
 
@@ -125,10 +134,16 @@ def make_plan(config: InterpretConfig) -> Plan:
         definition = definition_for_split(maps, group, split)
         if not definition.rows:
             raise MapsInterpretError(empty_group_message(maps, config, split))
-        caps = resolve_caps(maps, definition)
+        caps = resolve_caps(maps, definition, group.caps_override)
         key = (tuple(sorted((c, str(p.resolve())) for c, p in caps.items())),
                tuple((r["participant_id"], r["session_id"]) for r in definition.rows))
-        if key not in passes:
+        if getattr(maps, "generation", 1) == 2:
+            where = (group_dir(maps, config.data_group, split) if group.new_definition is None
+                     else group_dir(maps, "train", split)) / "dataset.json"
+            key += (json.dumps(definition.dataset.get("transforms"), sort_keys=True),)
+            if key not in passes:
+                passes[key] = data_pass2(maps, config, definition, caps["single"], where, labelled, column)
+        elif key not in passes:
             sessions = find_sessions(caps, definition.rows, prep, maps.params.get("label") if labelled else None,
                                      column)
             if labelled:
@@ -141,3 +156,36 @@ def make_plan(config: InterpretConfig) -> Plan:
         passes[key].jobs.append(Job(split, metric, model_file(maps, split, metric), output_dir))
     return Plan(maps=maps, device=device, group=group, passes=list(passes.values()),
                 settings=resolve(config, engine, device))
+
+
+def data_pass2(maps, config: InterpretConfig, definition, caps: Path, where: Path, labelled: bool,
+               column) -> DataPass:
+    """A pass over a ClinicaDL 2.0 group: its NIfTI images, read with the transforms of `where` (its dataset.json,
+    or the training data's for a group maps-interpret defines), cut by its extraction."""
+    from ..data.caps2 import find_sessions2
+    from ..data.clinicadl2 import Pipeline2, layout_for_extraction
+
+    transforms = definition.dataset.get("transforms")
+    if not isinstance(transforms, dict):
+        raise MapsInterpretError(f"{where}: 'transforms' is missing: it does not describe a ClinicaDL 2.0 dataset")
+    pipeline = Pipeline2.from_transforms(transforms, str(where))
+    layout = layout_for_extraction(transforms.get("extraction") or {"name_": "Image"}, str(where))
+    file_type = definition.dataset.get("file_type")
+    if not isinstance(file_type, dict):
+        raise MapsInterpretError(f"{where}: 'file_type' is missing: it does not say which CAPS files were read")
+    sessions = find_sessions2(caps, definition.rows, file_type, maps.params.get("label") if labelled else None,
+                              column, grid=pipeline)
+    if labelled and maps.params.get("label_code"):
+        check_labels(sessions, maps.params["label_code"], maps.params.get("label"))
+    first = pipeline.image(sessions[0].tensor_path)
+    element_ids = layout.element_ids(tuple(first.shape))
+    if not element_ids:
+        raise MapsInterpretError(f"{sessions[0].tensor_path}: an image of shape {tuple(first.shape)} gives no "
+                                 f"{layout.mode} with the extraction of {where}")
+    size = tuple(layout.cut(first[None])[0].shape)
+    if maps.input_size and size != maps.input_size:
+        raise MapsInterpretError(f"{sessions[0].tensor_path}: after the transforms of {where} an element has shape "
+                                 f"{size}, but the network was built for {maps.input_size} (model.json in_shape)")
+    return DataPass({"single": caps}, sessions, layout, element_ids,
+                    subsets=subset_names(maps, config, sessions, definition), image_shape=tuple(first.shape),
+                    pipeline=pipeline, input_size=size)
