@@ -159,7 +159,8 @@ def test_output_count_equals_a_forward_pass(config, monkeypatch):
         with torch.device("meta"):
             outputs = model.to("meta").eval()(torch.empty(1, *input_size)).shape[1]
         monkeypatch.setattr(models, "build_model", lambda maps, model=model: model)
-        assert models.output_count(SimpleNamespace(architecture="Conv5_FC3", input_size=list(input_size))) == outputs
+        maps = SimpleNamespace(architecture="Conv5_FC3", input_size=list(input_size), generation=1)
+        assert models.output_count(maps) == outputs
 
 
 def test_output_count_of_a_network_without_linear_layer(monkeypatch):
@@ -172,5 +173,5 @@ def test_output_count_of_a_network_without_linear_layer(monkeypatch):
         return nn.Sequential(nn.Conv3d(1, 4, 3), nn.AdaptiveAvgPool3d(1), nn.Flatten())
 
     monkeypatch.setattr(models, "build_model", head_by_pooling)
-    maps = SimpleNamespace(architecture="Conv5_FC3", input_size=[1, 9, 10, 11])
+    maps = SimpleNamespace(architecture="Conv5_FC3", input_size=[1, 9, 10, 11], generation=1)
     assert models.output_count(maps) == 4

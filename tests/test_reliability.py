@@ -60,6 +60,16 @@ def test_a_signal_while_a_batch_is_awaited_keeps_every_finished_batch(demo, refe
     assert not (demo / "maps" / STAGING_DIRNAME).exists()
 
 
+def first_published_then_continued(demo, reference, monkeypatch, real, name: str) -> None:
+    """Only split-0's folder is in place; with `real` publishing back, --continue completes the run exactly."""
+    assert (demo / f"maps/split-0/best-loss/test/interpret-{name}").is_dir()
+    assert not (demo / f"maps/split-1/best-loss/test/interpret-{name}").exists()
+    monkeypatch.setattr(Staging, "publish", staticmethod(real))
+    assert main(["maps", "test", name, *OPTIONS, "--continue"]) == 0
+    assert_same(maps_of(demo, name), reference)
+    assert not (demo / "maps" / STAGING_DIRNAME).exists()
+
+
 def test_a_publishing_that_fails_half_way_is_completed_by_continue(demo, reference, monkeypatch, capsys):
     real, calls = Staging.publish, []
 
@@ -74,12 +84,7 @@ def test_a_publishing_that_fails_half_way_is_completed_by_continue(demo, referen
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "writing maps/split-1/best-loss/test/interpret-half failed (Permission denied); the folders already in " \
            "place are kept: free space or fix permissions; the progress is kept in" in err
-    assert (demo / "maps/split-0/best-loss/test/interpret-half").is_dir()
-    assert not (demo / "maps/split-1/best-loss/test/interpret-half").exists()
-    monkeypatch.setattr(Staging, "publish", staticmethod(real))
-    assert main(["maps", "test", "half", *OPTIONS, "--continue"]) == 0
-    assert_same(maps_of(demo, "half"), reference)
-    assert not (demo / "maps" / STAGING_DIRNAME).exists()
+    first_published_then_continued(demo, reference, monkeypatch, real, "half")
 
 
 def test_a_folder_moved_but_not_recorded_counts_as_published(demo, reference, monkeypatch):
@@ -206,9 +211,4 @@ def test_ctrl_c_while_folders_are_published_keeps_the_checkpoint_and_says_so(dem
     assert main(["maps", "test", "ctrlc", *OPTIONS]) == 128 + signal.SIGINT
     err = capsys.readouterr().err
     assert "stopped by SIGINT; the progress was checkpointed in" in err and "no partial result" not in err
-    assert (demo / "maps/split-0/best-loss/test/interpret-ctrlc").is_dir()
-    assert not (demo / "maps/split-1/best-loss/test/interpret-ctrlc").exists()
-    monkeypatch.setattr(Staging, "publish", staticmethod(real))
-    assert main(["maps", "test", "ctrlc", *OPTIONS, "--continue"]) == 0
-    assert_same(maps_of(demo, "ctrlc"), reference)
-    assert not (demo / "maps" / STAGING_DIRNAME).exists()
+    first_published_then_continued(demo, reference, monkeypatch, real, "ctrlc")

@@ -11,6 +11,7 @@ from typing import Any
 
 from .errors import MapsInterpretError
 from .maps2 import is_maps2, open_maps2
+from .tables import read_table
 
 # The keys interpret reads, with the values ClinicaDL 1.6.1 fills in when maps.json lacks them
 # (its train_config.toml; task-dependent ones are handled in `read_parameters`).
@@ -232,6 +233,10 @@ class Maps:
     @property
     def groups_dir(self) -> Path:
         return self.path / "groups"
+
+    def training_table(self):
+        """The sessions the models were trained and validated on (the data-leakage check reads them)."""
+        return read_table(self.groups_dir / "train+validation.tsv")
 
 
 def open_maps(path: Path):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .errors import MapsInterpretError
+from .tables import read_table
 
 # 2.0's losses, by the task they train (the task only decides which --target_node/--group_by make sense).
 LOSS_TASKS = {
@@ -185,12 +186,9 @@ class Maps2:
         """A job's folder as the logs name it (relative to the output folder)."""
         return str(self.results_dir(split, metric, group, name).relative_to(self.path))
 
-    def training_rows(self) -> list[dict[str, str]]:
-        from .tables import read_table
-
-        table = read_table(self.path / "training" / "data" / "data.tsv")
-        table.require("participant_id")
-        return table.rows
+    def training_table(self):
+        """The sessions the models were trained and validated on (the data-leakage check reads them)."""
+        return read_table(self.path / "training" / "data" / "data.tsv")
 
 
 def _task(model: dict, path: Path) -> str:

@@ -50,15 +50,10 @@ def open_maps(path: Path):
     return _open_maps(path)
 
 
-def interpreted(maps, split: int, group: str, name: str) -> dict[str, Path]:
-    """The selection metrics of a split that hold interpret-<NAME> for the group, with that folder. A model file
-    is not required: comparing needs only the maps."""
-    return maps.interpreted(split, group, name)
-
-
 def find_sources(maps, config: CompareConfig) -> list[Source]:
     """The folders to compare, ordered by selection metric then split (the figure shows one block per metric)."""
-    available = {split: interpreted(maps, split, config.data_group, config.name) for split in maps.splits()}
+    # A model file is not required: comparing needs only the maps.
+    available = {split: maps.interpreted(split, config.data_group, config.name) for split in maps.splits()}
     available = {split: metrics for split, metrics in available.items() if metrics}
     where = f"{maps.path}/{maps.where('*', '*', config.data_group, config.name)}/"
     if not available:

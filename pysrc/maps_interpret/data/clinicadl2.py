@@ -235,26 +235,18 @@ class Pipeline2:
         import nibabel as nib
 
         image = nib.load(str(path))
-        if len(image.shape) != 3:
-            raise MapsInterpretError(f"{path}: shape {image.shape}; ClinicaDL 2.0 images here are 3D NIfTI files")
+        affine = self.input_grid(image)[0]  # also refuses what is not a 3D image
         self._check_dtype(image, path)
-        affine = np.asarray(image.affine, dtype=np.float64)
         array = image.get_fdata(dtype=np.float32)
         if not np.isfinite(array).all():  # torchio reads with SimpleITK (2.5.7, ITK 5.4): NaN and +-inf read as 0
             array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
         x = torch.from_numpy(array)[None, None]
-        shape = tuple(x.shape[2:])
+        orientation = np.asarray(image.affine, dtype=np.float64)  # crops and pads only move its origin
         for op in self.spatial:
             if isinstance(op, Canonical):
-                x, affine = _to_canonical(x, affine)
+                x, orientation = _to_canonical(x, orientation)
             else:
                 x = _apply_bounds(op, x)
-                affine = _bounds_affine(op, affine, shape)
-            shape = tuple(x.shape[2:])
-        for op in self.device:
-            if isinstance(op, Bounds):
-                affine = _bounds_affine(op, affine, shape)
-                shape = _bounds_shape(op, shape)
         return x[0].contiguous(), affine
 
     def intensity(self, x: torch.Tensor) -> torch.Tensor:
@@ -289,9 +281,17 @@ class Pipeline2:
 
     def input_affine(self, image) -> np.ndarray:
         """The affine `read_spatial` gives for a nibabel image, from its header alone (no voxel is read)."""
+        return self.input_grid(image)[0]
+
+    def input_grid(self, image) -> tuple[np.ndarray, tuple[int, int, int]]:
+        """The affine and spatial shape of the network input made from a nibabel image (after every spatial
+        transform, `intensity`'s crops and pads too), from its header alone (no voxel is read)."""
         from nibabel import orientations
 
-        affine, shape = np.asarray(image.affine, dtype=np.float64), tuple(image.shape[:3])
+        if len(image.shape) != 3:
+            raise MapsInterpretError(f"{image.get_filename()}: shape {image.shape}; ClinicaDL 2.0 images here are "
+                                     "3D NIfTI files")
+        affine, shape = np.asarray(image.affine, dtype=np.float64), tuple(image.shape)
         for op in self.spatial + self.device:
             if isinstance(op, Canonical):
                 if "".join(orientations.aff2axcodes(affine)) != "RAS":
@@ -305,7 +305,7 @@ class Pipeline2:
             elif isinstance(op, Bounds):
                 affine = _bounds_affine(op, affine, shape)
                 shape = _bounds_shape(op, shape)
-        return affine
+        return affine, shape
 
     def sample_intensity(self, elements: torch.Tensor) -> torch.Tensor:
         """2.0's sample_transforms of patches or slices (N, C, *spatial), each element with its own statistics."""

@@ -35,7 +35,7 @@ TORCHSCRIPT_FILE = "model.torchscript.pt"  # best-<metric>/ file of a custom arc
 
 def uses_torchscript(maps: Maps) -> bool:
     """Architectures we cannot rebuild are read from a TorchScript file the user saved beside the weights."""
-    if getattr(maps, "generation", 1) == 2:
+    if maps.generation == 2:
         from .clinicadl2 import NETWORKS
 
         return maps.architecture not in NETWORKS
@@ -43,7 +43,7 @@ def uses_torchscript(maps: Maps) -> bool:
 
 
 def weights_file(maps: Maps) -> str:
-    return "model.pt" if getattr(maps, "generation", 1) == 2 else "model.pth.tar"
+    return "model.pt" if maps.generation == 2 else "model.pth.tar"
 
 
 def model_file(maps: Maps, split: int, metric: str) -> Path:
@@ -52,7 +52,7 @@ def model_file(maps: Maps, split: int, metric: str) -> Path:
 
 
 def build_model(maps: Maps) -> nn.Module:
-    if getattr(maps, "generation", 1) == 2:
+    if maps.generation == 2:
         from .clinicadl2 import build_network
 
         return build_network(maps.network_config, str(maps.path / "model.json"))
@@ -136,7 +136,7 @@ def output_count(maps: Maps) -> Optional[int]:
     is measured by a forward pass on the meta device (no memory, but ~1 s of imports: sympy, torch._dynamo)."""
     if uses_torchscript(maps):
         return None
-    if getattr(maps, "generation", 1) == 2:
+    if maps.generation == 2:
         return int(maps.params["output_size"])
     with torch.device("meta"):
         model = build_model(maps).eval()
@@ -155,8 +155,8 @@ def check_weights(maps: Maps, path: Path, cam: bool = False) -> None:
     else:
         with torch.device("meta"):
             model = build_model(maps)
-        check_state_dict(model, read_state_dict(path, mmap=True, generation=getattr(maps, "generation", 1)), path)
-    if cam and getattr(maps, "generation", 1) == 2:
+        check_state_dict(model, read_state_dict(path, mmap=True, generation=maps.generation), path)
+    if cam and maps.generation == 2:
         from .clinicadl2 import cam_parts
 
         try:
@@ -188,7 +188,7 @@ def load_model(maps: Maps, path: Path) -> nn.Module:
     # file does while it is in use.
     with torch.device("meta"):
         model = build_model(maps)
-    stored = read_state_dict(path, generation=getattr(maps, "generation", 1))
+    stored = read_state_dict(path, generation=maps.generation)
     state = {key: value.contiguous() for key, value in stored.items()}
     check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True, assign=True)

@@ -49,5 +49,5 @@ def check_randomisable(maps: Maps) -> None:
             f"{maps.architecture!r} is read from TorchScript ({TORCHSCRIPT_FILE}), whose layers cannot be "
             "re-initialised: remove --sanity_check")
     with torch.device("meta"):  # the layers only: no memory, no initialisation
-        config = "model.json" if getattr(maps, "generation", 1) == 2 else "maps.json"
+        config = "model.json" if maps.generation == 2 else "maps.json"
         check_layers(build_model(maps), str(maps.path / config))

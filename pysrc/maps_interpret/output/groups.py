@@ -16,7 +16,7 @@ from . import writers
 def commit_group(maps: Maps, plan: GroupPlan) -> None:
     """Applies the plan: erase the group's results (--overwrite), then write its definition. A new group's folder
     is built hidden and renamed into place whole: a run killed in between leaves no half-defined group."""
-    if getattr(maps, "generation", 1) == 2:
+    if maps.generation == 2:
         return _commit_group2(maps, plan)
     if plan.erase_results:
         for split in maps.splits():

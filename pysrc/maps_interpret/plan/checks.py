@@ -22,7 +22,7 @@ def check_target(maps: Maps, config: InterpretConfig, outputs) -> Optional[dict]
             raise UsageError(f"--target_node {target} is out of range: the network of {maps.path} has "
                              f"{outputs} output node(s), 0..{outputs - 1} (label_code: {label_code})")
         return None
-    if (not isinstance(label_code, dict) or not label_code) and getattr(maps, "generation", 1) == 2:
+    if (not isinstance(label_code, dict) or not label_code) and maps.generation == 2:
         raise UsageError(single_node_message(maps, f"--target_node {target}", outputs))
     if not isinstance(label_code, dict) or not label_code:
         raise UsageError(f"--target_node {target} needs a classification MAPS (a label_code in maps.json); "
@@ -48,7 +48,7 @@ def single_node_message(maps, option: str, outputs) -> str:
 
 
 def check_group_by(maps: Maps, config: InterpretConfig) -> None:
-    if (config.group_by in ("predicted", "correct") and getattr(maps, "generation", 1) == 2
+    if (config.group_by in ("predicted", "correct") and maps.generation == 2
             and not maps.params.get("label_code")):
         raise UsageError(single_node_message(maps, f"--group_by {config.group_by}", None))
     if config.group_by in ("predicted", "correct") and not isinstance(maps.params.get("label_code"), dict):

@@ -19,21 +19,21 @@ from ..maps import Maps
 from ..tables import read_table
 from . import groups2
 from .definitions import GroupDefinition, GroupPlan
-from .participants import Participants, check_sessions, load_participants, resolve_listed_path
+from .participants import Participants, check_leakage, check_sessions, load_participants, resolve_listed_path
 
 TRAINING_GROUPS = ("train", "validation")
 log = logging.getLogger("maps_interpret")
 
 
 def group_dir(maps: Maps, name: str, split: Optional[int] = None) -> Path:
-    if getattr(maps, "generation", 1) == 2:
+    if maps.generation == 2:
         return maps.group_dir(name, split)
     path = maps.groups_dir / name
     return path / f"{maps.split_name}-{split}" if name in TRAINING_GROUPS else path
 
 
 def plan_group(maps: Maps, config: InterpretConfig) -> GroupPlan:
-    if getattr(maps, "generation", 1) == 2:
+    if maps.generation == 2:
         return groups2.plan_group(maps, config)
     name = config.data_group
     exists = (maps.groups_dir / name).is_dir()
@@ -93,23 +93,13 @@ def _definition(config: InterpretConfig, participants: Optional[Participants],
 
 
 def _check_leakage(maps: Maps, name: str, definition: GroupDefinition) -> None:
-    """Participants seen in training must not be evaluated in another group (ClinicaDL's rule:
-    participant ids, not sessions)."""
-    if name in TRAINING_GROUPS:
-        return
-    training = read_table(maps.groups_dir / "train+validation.tsv")
-    training.require("participant_id")
-    leaked = {row["participant_id"] for row in definition.rows} & {r["participant_id"] for r in training.rows}
-    if leaked:
-        shown = ", ".join(sorted(leaked)[:10]) + (", ..." if len(leaked) > 10 else "")
-        raise MapsInterpretError(
-            f"data leakage: {len(leaked)} participant(s) of the new data group {name} were used in training "
-            f"({shown}; see {training.path}); remove them from the TSV")
+    if name not in TRAINING_GROUPS:
+        check_leakage(name, definition.rows, maps.training_table())
 
 
 def read_definition(maps: Maps, name: str, split: Optional[int] = None) -> GroupDefinition:
     """The stored definition of a group (for train/validation: of one split)."""
-    if getattr(maps, "generation", 1) == 2:
+    if maps.generation == 2:
         return groups2.read_definition(maps, name, split)
     folder = group_dir(maps, name, split)
     if not folder.is_dir():
@@ -136,7 +126,7 @@ def definition_for_split(maps: Maps, plan: GroupPlan, split: int) -> GroupDefini
     ClinicaDL 2.0 output, read with the preprocessing of the split's training data)."""
     if plan.new_definition is None:
         return read_definition(maps, plan.name, split)
-    if getattr(maps, "generation", 1) == 2:
+    if maps.generation == 2:
         return replace(plan.new_definition, dataset=groups2.training_dataset(maps, split))
     return plan.new_definition
 
@@ -145,7 +135,7 @@ def resolve_caps(maps: Maps, definition: GroupDefinition, override: Optional[str
     """The CAPS folder(s) of a group, by cohort ({"single": caps} unless multi-cohort). Relative paths are
     read against the working directory (as ClinicaDL does), then against the folder that holds the MAPS.
     `override`: where --caps_directory says an existing ClinicaDL 2.0 group's CAPS is now."""
-    if getattr(maps, "generation", 1) == 2:
+    if maps.generation == 2:
         return {"single": groups2.resolve_caps(maps, definition.caps_directory, override)}
     location = _existing(maps, definition.caps_directory)
     if not definition.multi_cohort:

@@ -17,7 +17,7 @@ from ..errors import MapsInterpretError, UsageError
 from ..maps2 import TRAINING_GROUPS, Maps2, read_group
 from ..tables import read_table
 from .definitions import GroupDefinition, GroupPlan
-from .participants import check_sessions
+from .participants import check_leakage, check_sessions
 
 
 def plan_group(maps: Maps2, config: InterpretConfig) -> GroupPlan:
@@ -51,7 +51,7 @@ def plan_group(maps: Maps2, config: InterpretConfig) -> GroupPlan:
         raise UsageError(f"data group {name} does not exist in {maps.path / 'test'}: give {missing} to create it")
     columns, rows = _participants(Path(tsv), config.diagnoses)
     definition = GroupDefinition(caps_directory=str(caps), multi_cohort=False, columns=columns, rows=rows)
-    _check_leakage(maps, name, definition)
+    check_leakage(name, definition.rows, maps.training_table())
     return GroupPlan(name, new_definition=definition, erase_results=exists, caps_override=None)
 
 
@@ -66,17 +66,6 @@ def _participants(tsv: Path, diagnoses) -> tuple[tuple[str, ...], tuple[dict, ..
             raise MapsInterpretError(f"{tsv}: no row has a diagnosis among {', '.join(diagnoses)}")
     check_sessions(rows, tsv)
     return tuple(table.columns), tuple({**row, "cohort": "single"} for row in rows)
-
-
-def _check_leakage(maps: Maps2, name: str, definition) -> None:
-    """Participants seen in training must not be evaluated in a test group (ClinicaDL's rule)."""
-    training = {row["participant_id"] for row in maps.training_rows()}
-    leaked = sorted({row["participant_id"] for row in definition.rows} & training)
-    if leaked:
-        shown = ", ".join(leaked[:10]) + (", ..." if len(leaked) > 10 else "")
-        raise MapsInterpretError(
-            f"data leakage: {len(leaked)} participant(s) of the new data group {name} were used in training "
-            f"({shown}; see {maps.path / 'training' / 'data' / 'data.tsv'}); remove them from the TSV")
 
 
 def read_definition(maps: Maps2, name: str, split: Optional[int]) -> GroupDefinition:

@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 from ..errors import MapsInterpretError
 from ..names import check_name
-from ..tables import read_table
+from ..tables import Table, read_table
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,15 @@ def check_sessions(rows: Sequence[dict[str, str]], where: Path) -> None:
             raise MapsInterpretError(f"{where} lists {participant} {session} more than once: "
                                      "remove the duplicate rows")
         seen.add((participant, session))
+
+
+def check_leakage(name: str, rows: Sequence[dict], training: Table) -> None:
+    """Participants seen in training must not be evaluated in a new group (ClinicaDL's rule: participant ids,
+    not sessions); `training`: the table of the training sessions (Maps.training_table)."""
+    training.require("participant_id")
+    leaked = sorted({row["participant_id"] for row in rows} & {r["participant_id"] for r in training.rows})
+    if leaked:
+        shown = ", ".join(leaked[:10]) + (", ..." if len(leaked) > 10 else "")
+        raise MapsInterpretError(
+            f"data leakage: {len(leaked)} participant(s) of the new data group {name} were used in training "
+            f"({shown}; see {training.path}); remove them from the TSV")

@@ -137,7 +137,7 @@ def make_plan(config: InterpretConfig) -> Plan:
         caps = resolve_caps(maps, definition, group.caps_override)
         key = (tuple(sorted((c, str(p.resolve())) for c, p in caps.items())),
                tuple((r["participant_id"], r["session_id"]) for r in definition.rows))
-        if getattr(maps, "generation", 1) == 2:
+        if maps.generation == 2:
             where = (group_dir(maps, config.data_group, split) if group.new_definition is None
                      else group_dir(maps, "train", split)) / "dataset.json"
             key += (json.dumps(definition.dataset.get("transforms"), sort_keys=True),)
@@ -177,15 +177,19 @@ def data_pass2(maps, config: InterpretConfig, definition, caps: Path, where: Pat
                               column, grid=pipeline)
     if labelled and maps.params.get("label_code"):
         check_labels(sessions, maps.params["label_code"], maps.params.get("label"))
-    first = pipeline.image(sessions[0].tensor_path)
-    element_ids = layout.element_ids(tuple(first.shape))
+    import nibabel as nib
+    import torch
+
+    # The shapes from the first image's header (as the 1.6.1 path reads a tensor's header): no voxel read twice.
+    image_shape = (1, *pipeline.input_grid(nib.load(str(sessions[0].tensor_path)))[1])  # 3D files: one channel
+    element_ids = layout.element_ids(image_shape)
     if not element_ids:
-        raise MapsInterpretError(f"{sessions[0].tensor_path}: an image of shape {tuple(first.shape)} gives no "
+        raise MapsInterpretError(f"{sessions[0].tensor_path}: an image of shape {image_shape} gives no "
                                  f"{layout.mode} with the extraction of {where}")
-    size = tuple(layout.cut(first[None])[0].shape)
+    size = tuple(layout.cut(torch.empty((1, *image_shape), device="meta"))[0].shape)
     if maps.input_size and size != maps.input_size:
         raise MapsInterpretError(f"{sessions[0].tensor_path}: after the transforms of {where} an element has shape "
                                  f"{size}, but the network was built for {maps.input_size} (model.json in_shape)")
     return DataPass({"single": caps}, sessions, layout, element_ids,
-                    subsets=subset_names(maps, config, sessions, definition), image_shape=tuple(first.shape),
+                    subsets=subset_names(maps, config, sessions, definition), image_shape=image_shape,
                     pipeline=pipeline, input_size=size)

@@ -31,7 +31,22 @@ class ResNet(nn.Sequential):
     """The trunk (conv0 .. layerN) then `fc`, as 2.0's GeneralResNet.forward chains them."""
 
 
-class BasicBlock(nn.Module):
+class _ResidualBlock(nn.Module):
+    """What both of 2.0's blocks end with, before their last activation (`se_layer` and `downsample` are set by
+    each block, None when absent)."""
+
+    def _add_shortcut(self, out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The SE layer on the residual branch, then the (downsampled) input added in place, as 2.0 does."""
+        residual = x
+        if self.downsample is not None:
+            residual = self.downsample(x)
+        if self.se_layer is not None:
+            out = self.se_layer(out)
+        out += residual
+        return out
+
+
+class BasicBlock(_ResidualBlock):
     """2.0's ResNetBlock (SEResNetBlock with `se_reduction`): 3x3 (stride) and 3x3 convolutions with BatchNorm,
     the SE layer on the residual branch, the (downsampled) input added in place, then act2."""
 
@@ -52,16 +67,10 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x)))))
-        residual = x
-        if self.downsample is not None:
-            residual = self.downsample(x)
-        if self.se_layer is not None:
-            out = self.se_layer(out)
-        out += residual
-        return self.act2(out)
+        return self.act2(self._add_shortcut(out, x))
 
 
-class BottleneckBlock(nn.Module):
+class BottleneckBlock(_ResidualBlock):
     """2.0's ResNetBottleneck (SEResNetBottleneck with `se_reduction`): 1x1, 3x3 (stride), 1x1 convolutions
     with BatchNorm (planes -> planes * expansion), SE layer, in-place residual addition, then act3."""
 
@@ -86,13 +95,7 @@ class BottleneckBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act2(self.norm2(self.conv2(self.act1(self.norm1(self.conv1(x))))))
         out = self.norm3(self.conv3(out))
-        residual = x
-        if self.downsample is not None:
-            residual = self.downsample(x)
-        if self.se_layer is not None:
-            out = self.se_layer(out)
-        out += residual
-        return self.act3(out)
+        return self.act3(self._add_shortcut(out, x))
 
 
 def _se_layer(dims: int, channels: int, reduction: Optional[int]) -> Optional[nn.Module]:
