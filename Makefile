@@ -28,10 +28,11 @@ demo: setup
 	$(BIN)/python -m maps_interpret.synthetic demo $(DEMO)
 	$(BIN)/maps-interpret $(DEMO)/maps test demo gradients \
 	    --participants_tsv $(DEMO)/data/test.tsv --caps_directory $(DEMO)/data/caps \
-	    --save_individual --save_nifti --save_figures --no-gpu
+	    --save_individual --save_nifti --save_figures --statistics --group_by diagnosis --sanity_check --no-gpu
 	$(BIN)/maps-interpret $(DEMO)/clinicadl2 test demo gradients --save_individual --save_nifti --save_figures --no-gpu
-	@echo "Maps written under $(DEMO)/maps/split-*/best-loss/test/interpret-demo/ (open its index.html)"
-	@echo "and, for the ClinicaDL 2.0 output, under $(DEMO)/clinicadl2/test/group-test/results/split-0/best-loss/"
+	@echo "Maps written under $(DEMO)/maps/split-*/best-loss/test/interpret-demo/; the run's report (open it in a"
+	@echo "browser): $(DEMO)/maps/reports/test/interpret-demo.html; for the ClinicaDL 2.0 output:"
+	@echo "$(DEMO)/clinicadl2/reports/test/interpret-demo.html"
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import fixture2_root, fixture_root
+from helpers import fixture2_root, fixture_root, working_copy
 from parity import summary_lines
 
 
@@ -64,7 +64,4 @@ def synthetic_demo(tmp_path_factory) -> Path:
 @pytest.fixture
 def demo(synthetic_demo: Path, tmp_path: Path, monkeypatch) -> Path:
     """A writable copy of the synthetic demo; the working directory is its root."""
-    root = tmp_path / "demo"
-    shutil.copytree(synthetic_demo, root)
-    monkeypatch.chdir(root)
-    return root
+    return working_copy(synthetic_demo, tmp_path, monkeypatch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,14 @@ def fixture2_root() -> Path | None:
         if candidate and (Path(candidate) / "maps_cnn_image_cls" / "model.json").is_file():
             return Path(candidate)
     return None
+
+
+def working_copy(source: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A writable copy of a demo built once for several tests; the working directory is its root."""
+    root = tmp_path / "demo"
+    shutil.copytree(source, root)
+    monkeypatch.chdir(root)
+    return root
 
 
 def tree_digest(path: Path) -> dict[str, str]:

@@ -143,8 +143,9 @@ def test_the_output_stays_readable_by_clinicadl2(outputs: Path) -> None:
     from clinicadl.train.trainer import Trainer
 
     maps = outputs / "maps_cnn_image_cls"
-    interpret(maps, "test", "readable", selection_metrics=["loss"])
+    interpret(maps, "test", "readable", selection_metrics=["loss"], save_figures=True)  # with its report
     interpret(maps, "validation", "readable", selection_metrics=["loss"])
+    assert (maps / "reports" / "test" / "interpret-readable.html").is_file()
     Maps(maps).read()
     Trainer.from_maps(maps)
 

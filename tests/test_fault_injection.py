@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -84,7 +85,7 @@ def interrupt(attempt: "Attempt", markers: list, delay: float, signum: int):
 
 
 def files(folder: Path) -> dict[str, object]:
-    """Every file of a MAPS' results and group, by content (interpret.json without its times)."""
+    """Every file of a MAPS' results and group, by content (interpret.json and the report without their times)."""
     out: dict[str, object] = {}
     for path in sorted(folder.rglob("*")):
         if not path.is_file():
@@ -99,6 +100,8 @@ def files(folder: Path) -> dict[str, object]:
             record = json.loads(path.read_text())
             record["options"].pop("resume")  # --continue itself
             out[key] = {k: v for k, v in record.items() if k not in TIME_FIELDS}
+        elif path.suffix == ".html" and path.parent.parent.name == "reports":  # the run's report: each folder's time
+            out[key] = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", "<written>", path.read_text())
         else:
             out[key] = path.read_bytes()
     return out

@@ -25,8 +25,9 @@ FLOORS = [
     ("plan", "interpreter"),
     ("output",),
     ("analysis",),
+    ("report",),
     ("runner",),
-    ("synthetic2",),
+    ("synthetic2", "anatomy"),
     ("cli", "synthetic"),
     ("__init__", "__main__"),
 ]

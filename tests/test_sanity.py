@@ -21,7 +21,8 @@ from maps_interpret.config import InterpretConfig
 from maps_interpret.errors import MapsInterpretError
 from maps_interpret.models.conv import conv5_fc3
 from maps_interpret.models.export import to_torchscript
-from maps_interpret.synthetic import PATTERN, build_demo, make_image
+from maps_interpret.anatomy import subject as make_image
+from maps_interpret.synthetic import PATTERN, build_demo
 
 SHAPE = (1, 12, 14, 10)
 

@@ -14,7 +14,8 @@ import torch
 from maps_interpret.cli import main
 from maps_interpret.data.elements import ImageLayout, PatchLayout, RoiLayout, SliceLayout
 from maps_interpret.output.space import IMAGE_SPACE, Placement, Reference, to_image, to_image_voxels
-from maps_interpret.synthetic import PATTERN, build_demo, nifti_path, source_affine
+from maps_interpret.anatomy import grid_affine as source_affine
+from maps_interpret.synthetic import PATTERN, build_demo, nifti_path
 from maps_interpret.data.transforms import size_reduction
 
 SHAPE = (20, 22, 18)

@@ -122,8 +122,15 @@ class InterpretConfig:
     save_nifti: bool = field(default=False, metadata=_opt(
         "--save_nifti", help="Also write each map as a float32 NIfTI file (.nii.gz)."))
     save_figures: bool = field(default=False, metadata=_opt(
-        "--save_figures", help="Also draw every mean/statistic map over the group's mean input image (PNG, one "
-                               "symmetric colour scale per run) and an index.html showing them all."))
+        "--save_figures", help="Also draw every mean/statistic map with nilearn over the group's mean input image "
+                               "(PNG, cuts in mm through the peak, one colour scale per statistic and run, a glass "
+                               "brain of each mean map), an index.html per folder and one report of the run "
+                               "(reports/<group>/interpret-<NAME>.html: every split, metric and subset, the sanity "
+                               "check, the agreement between the maps, provenance)."))
+    figure_display: str = field(default="ortho", metadata=_opt(
+        "--figure_display", type=str, choices=("ortho", "mosaic"),
+        help="--save_figures: three orthogonal cuts through the peak of each map (ortho, default) or rows of cuts "
+             "along each axis (mosaic)."))
     sanity_check: bool = field(default=False, metadata=_opt(
         "--sanity_check", help="Also run Adebayo et al.'s cascading randomisation: re-initialise the model's layers "
                                "from the output down, one more at a time, recompute the mean map each time and "

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MapsInterpretError
-from .maps2 import is_maps2, open_maps2
+from .maps2 import REPORTS, is_maps2, open_maps2
 from .tables import read_table
 
 # The keys interpret reads, with the values ClinicaDL 1.6.1 fills in when maps.json lacks them
@@ -225,6 +225,10 @@ class Maps:
     def interpretations(self, group: str) -> list[str]:
         return sorted({folder.name[len("interpret-"):] for folder
                        in self.path.glob(f"{self.split_name}-*/best-*/{group}/interpret-*") if folder.is_dir()})
+
+    def report_path(self, group: str, name: str) -> Path:
+        """The report of a run over every split and selection metric of a data group (--save_figures)."""
+        return self.path / REPORTS / group / f"interpret-{name}.html"
 
     def where(self, split: int, metric: str, group: str, name: str) -> str:
         """A job's folder as the logs name it (relative to the MAPS)."""

@@ -29,6 +29,7 @@ MODEL_FILE = "model.pt"
 TORCHSCRIPT_FILE = "model.torchscript.pt"  # a network 2.0 stored by class name only, traced by the user
 RESULTS = "results"
 MARKER = "maps_interpret.json"  # in a test group folder that maps-interpret wrote (so it may redefine it)
+REPORTS = "reports"  # <output>/reports/<group>/interpret-<NAME>.html: the runs' reports (both generations)
 
 
 def is_maps2(path: Path) -> bool:
@@ -181,6 +182,10 @@ class Maps2:
         names = {folder.name[len("interpret-"):] for split in self.splits()
                  for folder in self.results_root(group, split).glob("*/interpret-*") if folder.is_dir()}
         return sorted(names)
+
+    def report_path(self, group: str, name: str) -> Path:
+        """The report of a run over every split and selection metric of a data group (--save_figures)."""
+        return self.path / REPORTS / group / f"interpret-{name}.html"
 
     def where(self, split: int, metric: str, group: str, name: str) -> str:
         """A job's folder as the logs name it (relative to the output folder)."""

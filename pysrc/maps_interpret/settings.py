@@ -117,6 +117,7 @@ class OutputSettings:
     save_individual: bool = False
     save_nifti: bool = False
     save_figures: bool = False
+    figure_display: str = "ortho"  # --figure_display: ortho or mosaic
     statistics: bool = False
     group_by: Optional[str] = None  # the --group_by column (file names, subsets.tsv), None without
     clinicadl_means: bool = False  # --compat clinicadl: ClinicaDL's division of patch/slice/roi means

@@ -1,8 +1,9 @@
 """Synthetic CAPS and MAPS in ClinicaDL's layouts, made with this project's own code: the demo of
 `make demo`, test data, and benchmark inputs.
 
-Images: an ellipsoid "brain", a blob that is dark for AD and bright for CN, noise and a random global
-intensity scale. The MAPS holds a Conv5_FC3 trained for a few seconds on them (or random weights).
+Images: the MNI template on t1-linear's grid, one subject per session, the AD ones with a planted atrophy of
+the hippocampi and ventricles (anatomy.py; its mask in DIR/data/planted_atrophy_mask.nii.gz). The MAPS holds a
+Conv5_FC3 trained for seconds on them (or random weights).
 
     python -m maps_interpret.synthetic demo DIR     # DIR/data (CAPS + TSVs) and DIR/maps
 """
@@ -21,9 +22,15 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from . import anatomy
 from .models.conv import conv5_fc3
 
 PATTERN = "*space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz"
+PLANTED_MASK = "planted_atrophy_mask.nii.gz"  # in DIR/data: where the AD subjects' atrophy is, on the images' grid
+# `make demo`: t1-linear's field of view in 3 mm voxels (a brain a reader recognises, a network trained on it in
+# seconds on a CPU), 40 training subjects (20 per split's training, 20 for its validation)
+DEMO_SHAPE = (56, 69, 60)
+DEMO_TRAIN, DEMO_TEST, DEMO_SECONDS = 40, 10, 60.0
 LABEL_CODE = {"AD": 0, "CN": 1}
 MARKER = ".maps-interpret-demo"
 
@@ -33,18 +40,6 @@ class SessionSpec:
     participant_id: str
     session_id: str
     diagnosis: str
-
-
-def make_image(shape: Sequence[int], diagnosis: str, generator: torch.Generator) -> torch.Tensor:
-    """(1, D, H, W) float32 image whose class is visible in one region."""
-    grids = torch.meshgrid(*[torch.linspace(-1, 1, s) for s in shape], indexing="ij")
-    brain = (sum(g ** 2 for g in grids) < 0.8).float()
-    centre = [0.35, -0.2, 0.1][: len(shape)]
-    blob = (sum((g - c) ** 2 for g, c in zip(grids, centre)) < 0.08).float()
-    contrast = -0.6 if diagnosis == "AD" else 0.6
-    noise = 0.1 * torch.randn(tuple(shape), generator=generator)
-    scale = 50 + 100 * torch.rand((), generator=generator)
-    return (scale * (brain * (1 + contrast * blob) + noise)).unsqueeze(0).float()
 
 
 def prepare_data_layout(image: torch.Tensor) -> torch.Tensor:
@@ -59,14 +54,6 @@ def tensor_path(caps: Path, participant: str, session: str) -> Path:
             / f"{participant}_{session}_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.pt")
 
 
-def source_affine(shape: Sequence[int]) -> np.ndarray:
-    """A t1-linear-like voxel-to-world affine (1 mm voxels, x flipped: radiological storage, the origin near
-    the centre), so that maps put in the image's space are visibly not in voxel coordinates."""
-    affine = np.diag([-1.0, 1.0, 1.0, 1.0])
-    affine[:3, 3] = [(shape[0] - 1) / 2, -(shape[1] - 1) / 2 - 0.5, -(shape[2] - 1) / 2 + 0.25]
-    return affine
-
-
 def nifti_path(caps: Path, participant: str, session: str) -> Path:
     return (caps / "subjects" / participant / session / "t1_linear"
             / f"{participant}_{session}_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz")
@@ -75,19 +62,19 @@ def nifti_path(caps: Path, participant: str, session: str) -> Path:
 def write_caps(caps: Path, sessions: Sequence[SessionSpec], shape: Sequence[int], seed: int,
                nifti: bool = False) -> None:
     """Each session's image tensor as prepare-data writes it; with `nifti`, also the t1-linear NIfTI image it
-    would have been made from (same voxels, `source_affine`)."""
+    would have been made from (same voxels, on t1-linear's grid in MNI mm: `anatomy.grid_affine`)."""
     generator = torch.Generator().manual_seed(seed)
     for spec in sessions:
         path = tensor_path(caps, spec.participant_id, spec.session_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        image = make_image(shape, spec.diagnosis, generator)
+        image = anatomy.subject(shape, spec.diagnosis, generator)
         torch.save(prepare_data_layout(image), path)
         if nifti:
             import nibabel as nib
 
             source = nifti_path(caps, spec.participant_id, spec.session_id)
             source.parent.mkdir(parents=True, exist_ok=True)
-            nib.save(nib.Nifti1Image(image[0].numpy(), source_affine(shape)), source)
+            nib.save(nib.Nifti1Image(image[0].numpy(), anatomy.grid_affine(shape)), source)
     (caps / "tensor_extraction").mkdir(parents=True, exist_ok=True)
     (caps / "tensor_extraction" / "extract_image.json").write_text(json.dumps(
         {"preprocessing": "t1-linear", "mode": "image", "use_uncropped_image": False, "prepare_dl": False,
@@ -192,7 +179,6 @@ def sessions(prefix: str, n: int, extra_sessions: int = 0) -> list[SessionSpec]:
 def write_masks(caps: Path, shape: Sequence[int], regions: dict[str, tuple[slice, ...]]) -> None:
     """Binary ROI masks where ClinicaDL looks for them (masks/tpl-<template>/, cropped-image names)."""
     import nibabel as nib
-    import numpy as np
 
     folder = caps / "masks" / "tpl-MNI152NLin2009cSym"
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,6 +187,13 @@ def write_masks(caps: Path, shape: Sequence[int], regions: dict[str, tuple[slice
         mask[box] = 1
         nib.save(nib.Nifti1Image(mask, np.eye(4)),
                  folder / f"tpl-MNI152NLin2009cSym_desc-Crop_res-1x1x1_roi-{name}_mask.nii.gz")
+
+
+def write_planted_mask(path: Path, shape: Sequence[int]) -> None:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(anatomy.planted_mask(shape), anatomy.grid_affine(shape)), path)
 
 
 def write_element_files(caps: Path, sessions_: Sequence[SessionSpec], prep: dict) -> None:
@@ -239,6 +232,7 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
     write_caps(caps, train_sessions + test_sessions, shape, seed, nifti)
     write_tsv(data / "labels.tsv", train_sessions)
     write_tsv(data / "test.tsv", test_sessions)
+    write_planted_mask(data / PLANTED_MASK, shape)
     if regions:
         write_masks(caps, shape, regions)
     if preprocessing is not None and preprocessing.get("prepare_dl"):
@@ -248,8 +242,8 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
     input_size = tuple(input_size) if input_size is not None else (1, *shape)
     splits: dict[int, tuple[list[SessionSpec], list[SessionSpec]]] = {}
     participants = sorted({s.participant_id for s in train_sessions})
-    for split in range(2):
-        held_out = set(participants[split::2])
+    for split in range(2):  # participants alternate AD, CN: pairs of them go to each fold, so both are balanced
+        held_out = {p for i, p in enumerate(participants) if (i // 2) % 2 == split}
         splits[split] = ([s for s in train_sessions if s.participant_id not in held_out],
                          [s for s in train_sessions if s.participant_id in held_out])
     models = {}
@@ -271,7 +265,7 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
     params = maps_parameters(input_size, caps_directory="data/caps", tsv_path="data/split", n_splits=2,
                              preprocessing=preprocessing)
     write_maps(maps, params, splits, models)
-    paths = {"root": root, "caps": caps, "maps": maps, "test_tsv": data / "test.tsv"}
+    paths = {"root": root, "caps": caps, "maps": maps, "test_tsv": data / "test.tsv", "mask": data / PLANTED_MASK}
     if clinicadl2:
         from .synthetic2 import build_output2
 
@@ -285,7 +279,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      description="Write a synthetic CAPS + MAPS (ClinicaDL layouts).")
     parser.add_argument("what", choices=["demo"])
     parser.add_argument("directory", type=Path)
-    parser.add_argument("--seconds", type=float, default=3.0, help="training time (default: 3)")
+    parser.add_argument("--seconds", type=float, default=DEMO_SECONDS,
+                        help=f"training time, all models together (default: {DEMO_SECONDS:g})")
     args = parser.parse_args(argv)
     root: Path = args.directory
     if root.exists():
@@ -295,9 +290,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutil.rmtree(root)  # an earlier demo: start afresh so the demo is the same every time
     root.mkdir(parents=True)
     (root / MARKER).write_text("made by python -m maps_interpret.synthetic demo\n")
-    paths = build_demo(root, seconds=args.seconds, clinicadl2=True)
+    paths = build_demo(root, shape=DEMO_SHAPE, n_train=DEMO_TRAIN, n_test=DEMO_TEST, seconds=args.seconds * 2 / 3,
+                       clinicadl2=True)
     print(f"demo CAPS: {paths['caps']}\ndemo MAPS: {paths['maps']}\ntest participants: {paths['test_tsv']}\n"
-          f"demo ClinicaDL 2.0 output: {paths['clinicadl2']}")
+          f"demo ClinicaDL 2.0 output: {paths['clinicadl2']}\nplanted atrophy: {paths['mask']}")
     return 0
 
 

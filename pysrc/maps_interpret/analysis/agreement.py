@@ -132,14 +132,18 @@ def agreement_matrix(sources: list[Source], rows: list[dict], element: int, mode
 
 
 def draw_agreement(path: Path, labels: list[str], matrices: dict, title: str) -> None:
+    from ..output.writers import atomic_write_bytes
+
+    atomic_write_bytes(path, agreement_png(labels, matrices, title))
+
+
+def agreement_png(labels: list[str], matrices: dict, title: str) -> bytes:
     """Heat-maps of the agreement matrices side by side, one shared colour bar over [-1, 1]. Drawn on a bare Agg
     canvas (no pyplot): no global backend is switched and no window can open, whoever calls run()."""
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from ..output.writers import atomic_write_bytes
 
     n = len(labels)
     size = 1.2 + 0.45 * n
@@ -161,5 +165,5 @@ def draw_agreement(path: Path, labels: list[str], matrices: dict, title: str) ->
     figure.suptitle(title, fontsize=10)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
 

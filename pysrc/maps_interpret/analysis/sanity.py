@@ -46,7 +46,7 @@ log = logging.getLogger("maps_interpret")
 TSV, PNG, SUMMARY = "sanity_check.tsv", "sanity_check.png", "sanity_check.json"
 # Above this rank correlation of |map| with every layer randomised, the random network ranks the voxels almost
 # as the trained one: the map does not depend on what was learned. The paper sets no number; on the demo MAPS
-# gradients fall to 0.10-0.18, input x gradient (which keeps the image's structure) to 0.37-0.46 (README).
+# gradients fall to about 0.2, input x gradient (which keeps the image's structure) to about 0.57 (docs/figures.md).
 THRESHOLD = 0.9
 TOP_FRACTION = 0.1  # dice_top10
 SEED = 2018  # with each layer's name, the seed of its re-initialisation

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from ..maps import Maps
+from ..maps2 import REPORTS
 from ..plan.groups import GroupPlan
 from . import writers
 
@@ -22,6 +23,7 @@ def commit_group(maps: Maps, plan: GroupPlan) -> None:
         for split in maps.splits():
             for best in sorted(maps.split_dir(split).glob("best-*")):
                 writers.remove_tree(best / plan.name)
+        writers.remove_tree(maps.path / REPORTS / plan.name)  # the reports of the group's runs
     if plan.new_definition is None:
         return
     definition = plan.new_definition
@@ -58,6 +60,7 @@ def _commit_group2(maps, plan: GroupPlan) -> None:
         for split in maps.splits():
             for folder in sorted(maps.results_root(plan.name, split).glob("*/interpret-*")):
                 writers.remove_tree(folder)
+        writers.remove_tree(maps.path / REPORTS / plan.name)
     if plan.new_definition is None:
         return
     definition = plan.new_definition

@@ -80,6 +80,18 @@ def draw_figures(plan, folders: list[tuple]) -> None:
                                  "permissions, then run again with --continue") from None
 
 
+def write_report(plan) -> None:
+    """--save_figures, every folder published: the run's report over them (report/)."""
+    from ..report.run_report import write_report as write
+
+    try:
+        write(plan)
+    except OSError as error:
+        raise MapsInterpretError(f"writing the report into {error.filename or plan.maps.path} failed "
+                                 f"({error.strerror or error}); the maps are in place: free space or fix "
+                                 "permissions, then run again with --continue") from None
+
+
 def staged_folders(plan, staging: Staging, published: list[set]) -> list[tuple]:
     """(data pass, job, staged folder) of every job whose folder is not published yet."""
     return [(data_pass, job, staging.job_dir(i, j)) for i, data_pass in enumerate(plan.passes)
@@ -165,6 +177,8 @@ def merge_parts(plan, summary: RunSummary) -> None:
         if plan.output.save_figures:
             draw_figures(plan, staged_folders(plan, staging, none))
         publish_jobs(plan, staging, checkpoint, summary, none)
+        if plan.output.save_figures:
+            write_report(plan)
         done = True
     except OSError as error:
         raise disk_error(error, plan, summary) from None

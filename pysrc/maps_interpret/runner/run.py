@@ -24,7 +24,8 @@ from . import checkpoints
 from .common import RunSummary, WriteFailed, attempt, disk_error, open_staging, refuse_existing_outputs
 from .distributed import Context
 from .passes import compute_pass, element_shard
-from .publish import FIGURES, complete, draw_figures, merge_parts, publish_jobs, staged_folders, write_pass
+from .publish import (FIGURES, complete, draw_figures, merge_parts, publish_jobs, staged_folders, write_pass,
+                      write_report)
 
 log = logging.getLogger("maps_interpret")
 
@@ -156,6 +157,8 @@ def _finish(plan, staging: Staging, checkpoint: checkpoints.Checkpoint, summary:
             draw_figures(plan, folders)  # a stop is honoured between figures
             checkpoint.mark_step(FIGURES)
     publish_jobs(plan, staging, checkpoint, summary, published)
+    if plan.output.save_figures:
+        write_report(plan)
 
 
 def _complete(plan, fingerprint: dict, staging: Staging) -> bool:
@@ -166,6 +169,8 @@ def _complete(plan, fingerprint: dict, staging: Staging) -> bool:
     if staging.root.exists():
         open_staging(staging, plan)
         staging.close(keep=False)
+    if plan.output.save_figures and not plan.maps.report_path(plan.output.data_group, plan.output.name).is_file():
+        write_report(plan)  # a run stopped between its last folder and its report
     log.info("%s: data group %s, interpret-%s: already complete (every folder holds this run's maps); nothing "
              "to do", plan.maps.path, plan.output.data_group, plan.output.name)
     return True
