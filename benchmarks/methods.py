@@ -19,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the command sets it
 
 import torch  # noqa: E402
+from bench_table import device_name, publish  # noqa: E402  (benchmarks/, the script's folder)
 
 from maps_interpret.engine import Engine  # noqa: E402
 from maps_interpret.settings import engine_settings  # noqa: E402
@@ -59,17 +60,14 @@ def main() -> None:
             seconds[name].append((time.perf_counter() - start) / args.images)
     per_image = {name: statistics.median(values) for name, values in seconds.items()}
     base = per_image["gradients"]
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"CPU, {os.cpu_count()} cores"
+    device = device_name(args.device)
     lines = [f"{device}; torch {torch.__version__}; Conv5_FC3 on 1x{'x'.join(map(str, args.shape))}, batch "
              f"{args.batch_size}, {args.images} images, medians of {args.repeats} alternating repeats", "",
              "| method | s per image | vs gradients | per copy vs gradients |", "|---|---|---|---|"]
     for name, value in per_image.items():
         copies = 1 if name == "gradients" else args.samples
         lines.append(f"| {name} | {value:.3f} | {value / base:.2f}x | {value / base / copies:.2f} |")
-    text = "\n".join(lines)
-    print(text)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "methods.md").write_text(text + "\n")
+    publish(lines, args.out, "methods.md")
 
 
 if __name__ == "__main__":

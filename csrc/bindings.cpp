@@ -78,6 +78,7 @@ PYBIND11_MODULE(_core, m) {
       .def("accumulate", &mi::Engine::accumulate, py::arg("batch"), py::arg("ids"), py::arg("return_maps") = false,
            py::arg("targets") = Ids{}, py::arg("seeds") = Ids{}, py::arg("subsets") = Ids{},
            py::arg("labels") = Ids{}, Release())
+      .def("outputs", &mi::Engine::outputs, py::arg("batch"), Release())
       .def("reserve", &mi::Engine::reserve, py::arg("ids"), Release())
       .def("restore", &mi::Engine::restore, py::arg("subsets"), py::arg("ids"), py::arg("counts"), py::arg("sums"),
            py::arg("abs_sums") = py::none(), py::arg("mean64") = py::none(), py::arg("m2") = py::none(), Release())

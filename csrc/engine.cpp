@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "autocast.h"
 #include "methods/autograd.h"
 #include "methods/noise_tunnel.h"
 
@@ -224,6 +225,20 @@ std::optional<at::Tensor> Engine::accumulate(const at::Tensor& batch, const std:
   }
   if (return_maps) return maps;
   return std::nullopt;
+}
+
+at::Tensor Engine::outputs(const at::Tensor& batch) {
+  check_batch(batch);
+  std::lock_guard<std::mutex> lock(mutex_);
+  const CudaPolicy policy(device_.is_cuda(), options_.deterministic, !amp_.has_value());
+  const at::Tensor x = batch.to(device_, at::kFloat, /*non_blocking=*/true);
+  torch::NoGradGuard no_grad;
+  at::Tensor output;
+  {
+    AutocastGuard autocast(device_.type(), amp_);
+    output = checked_output(model_.forward({x}).toTensor(), x.size(0));
+  }
+  return output.to(at::kFloat);
 }
 
 std::vector<int64_t> Engine::last_subsets() const {

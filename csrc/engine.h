@@ -64,6 +64,11 @@ class Engine {
                                        const std::vector<int64_t>& subsets = {},
                                        const std::vector<int64_t>& labels = {});
 
+  // The model's outputs (B, n_outputs) for `batch`, forward only (no graph kept), float32, on the engine's device,
+  // under its amp and device policy; no sums are touched. What the evaluation's perturbed copies go through
+  // (analysis/faithfulness.py).
+  at::Tensor outputs(const at::Tensor& batch);
+
   // The element ids this engine will see (from the plan): their sums are allocated once.
   void reserve(const std::vector<int64_t>& ids);
 

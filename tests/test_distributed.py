@@ -181,6 +181,29 @@ def test_group_statistics_under_torchrun_and_parts(demo):
             assert theirs.read_text() == (theirs.parent.parent / "interpret-st1" / table).read_text(), (name, table)
 
 
+def test_evaluation_under_torchrun_and_parts(demo):
+    """--evaluate's rows travel with the partial sums (gathered over ranks, merged over parts, in order): the
+    tables of one process, to the last digit."""
+    root, _ = demo
+    evaluate = ["--evaluate", "--evaluation_steps", "3", "--selection_metrics", "loss"]
+    assert maps_interpret(root, "test", "ev1", *evaluate, *OPTIONS).returncode == 0
+    result = maps_interpret(root, "test", "ev2", *evaluate, *OPTIONS, ranks=2)
+    assert result.returncode == 0, result.stderr
+    for part in (0, 1):
+        assert maps_interpret(root, "test", "ev3", *evaluate, *OPTIONS, "--num_parts", "2", "--part_id",
+                              str(part)).returncode == 0
+    assert maps_interpret(root, "test", "ev3", *evaluate, *OPTIONS, "--num_parts", "2",
+                          "--merge_parts").returncode == 0
+    folder = root / "maps" / "split-0" / "best-loss" / "test"
+    rows = len((folder / "interpret-ev1" / "evaluation.tsv").read_text().splitlines()) - 1
+    individual = [k for k in outputs(root, "one") if k.startswith("split-0/best-loss/") and "/sub-" in k]
+    assert rows == len(individual) > 0  # one row per map
+    for name in ("ev2", "ev3"):
+        for table in ("evaluation.tsv", "evaluation_curves.tsv", "evaluation_summary.tsv"):
+            ours = (folder / f"interpret-{name}" / table).read_text()
+            assert ours == (folder / "interpret-ev1" / table).read_text(), (name, table)
+
+
 def test_a_long_sanity_check_under_torchrun_never_meets_the_collective_time_limit(demo, tmp_path):
     """Rank 0 writes, checks and publishes while the other ranks wait for its outcome in the key-value store,
     polling, not in a collective: a sanity check longer than the ranks' time limit (here 4 s, for 30 minutes)

@@ -149,23 +149,42 @@ def test_overwrite_name_discards_a_checkpoint(demo):
     assert_same_maps(outputs(root, "discarded"), reference)
 
 
-def test_group_statistics_resume_after_sigkill(demo):
-    """A checkpoint holds Welford's state too; the resumed run merges it with the rest (partials.merge)."""
-    root, _ = demo
-    stats = ("--statistics", "--group_by", "diagnosis")
-    result = subprocess.run(command("refstats", *stats), cwd=root, capture_output=True, text=True)
+def reference_then_killed_and_resumed(root: Path, reference: str, killed: str, *extra: str) -> None:
+    """An uninterrupted run `reference`, then `killed` SIGKILLed once its checkpoint counts 6 elements and resumed
+    with --continue, both with the options `extra`."""
+    result = subprocess.run(command(reference, *extra), cwd=root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    process = subprocess.Popen(command("killstats", *stats), cwd=root, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command(killed, *extra), cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     deadline = time.monotonic() + 120
-    while checkpointed(root, "killstats") < 6:
+    while checkpointed(root, killed) < 6:
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.005)
     process.kill()
     process.communicate()
-    resumed = resume(root, "killstats", *stats)
+    resumed = resume(root, killed, *extra)
     assert resumed.returncode == 0, resumed.stderr
+
+
+def test_group_statistics_resume_after_sigkill(demo):
+    """A checkpoint holds Welford's state too; the resumed run merges it with the rest (partials.merge)."""
+    root, _ = demo
+    stats = ("--statistics", "--group_by", "diagnosis")
+    reference_then_killed_and_resumed(root, "refstats", "killstats", *stats)
     assert_same_maps(outputs(root, "killstats"), outputs(root, "refstats"))
     folder = root / "maps" / "split-0" / "best-loss" / "test"
     assert (folder / "interpret-killstats" / "subsets.tsv").read_text() == \
         (folder / "interpret-refstats" / "subsets.tsv").read_text()  # the checkpoint kept the listing so far
+
+
+def test_evaluation_resume_after_sigkill(demo):
+    """--evaluate's rows are kept in the checkpoint with the sums: the resumed run writes the tables of a run
+    that never stopped (the curves of the maps before the kill included)."""
+    root, _ = demo
+    evaluate = ("--evaluate", "--evaluation_steps", "3")
+    reference_then_killed_and_resumed(root, "refeval", "killeval", *evaluate)
+    folder = root / "maps" / "split-0" / "best-loss" / "test"
+    for table in ("evaluation.tsv", "evaluation_curves.tsv", "evaluation_summary.tsv"):
+        ours = (folder / "interpret-killeval" / table).read_text()
+        assert ours == (folder / "interpret-refeval" / table).read_text(), table
+    assert len((folder / "interpret-killeval" / "evaluation.tsv").read_text().splitlines()) == 61  # every session

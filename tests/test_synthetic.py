@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_command_end_to_end(tmp_path):
     root = tmp_path / "demo"
-    assert synthetic_main(["demo", str(root), "--seconds", "1"]) == 0
+    assert synthetic_main(["demo", str(root), "--epochs", "2"]) == 0
     maps = open_maps(root / "maps")
     assert maps.splits() == [0, 1] and maps.selection_metrics(0) == ["accuracy", "loss"]
     for split in (0, 1):
@@ -50,7 +50,7 @@ def test_demo_command_end_to_end(tmp_path):
     assert "done: 22 map(s) of 11 session(s)" in result.stderr
 
     # Run again: the demo folder is rebuilt, anything else is never replaced.
-    assert synthetic_main(["demo", str(root), "--seconds", "0"]) == 0
+    assert synthetic_main(["demo", str(root), "--epochs", "1"]) == 0
     assert not folder.exists()
     other = tmp_path / "mine"
     other.mkdir()

@@ -46,6 +46,8 @@ class Engine:
     def from_file(path: str, options: EngineOptions) -> Engine: ...
     def attribute(self, batch: torch.Tensor, targets: list[int] = ..., seeds: list[int] = ...) -> torch.Tensor:
         """The maps of `batch` only: no sums are touched (zeros are counted with count_zeros)."""
+    def outputs(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model's outputs, forward only (no graph), float32, on the engine's device."""
     def accumulate(self, batch: torch.Tensor, ids: list[int], return_maps: bool = False, targets: list[int] = ...,
                    seeds: list[int] = ..., subsets: list[int] = ...,
                    labels: list[int] = ...) -> Optional[torch.Tensor]: ...

@@ -24,6 +24,9 @@ COMPAT = ("clinicadl",)
 PREPROCESS_ON = ("auto", "loader", "device")
 READERS = ("threads", "processes")
 DEFAULT_SELECTION_METRICS = ("loss",)
+EVALUATION_ORDERS = ("abs", "map", "random")  # --evaluate: how voxels are ranked (analysis/faithfulness.py)
+DEFAULT_EVALUATION_ORDERS = ("abs", "random")
+EVALUATION_REPLACEMENTS = ("constant", "blur", "road")
 
 
 def target_node(text: str):
@@ -139,6 +142,34 @@ class InterpretConfig:
         "--sanity_sessions", type=int, metavar="N",
         help="--sanity_check: the mean maps of the randomised models are computed over the group's first N "
              "sessions (default: 0, every session; each randomised layer costs one pass over them)."))
+    evaluate: bool = field(default=False, metadata=_opt(
+        "--evaluate", help="Also measure each session's map: deletion and insertion curves (the model's target "
+                           "probability as the voxels the map ranks first are removed, or put back first) and their "
+                           "areas; with --evaluation_mask, how much of the map lies in a region (evaluation.tsv, "
+                           "evaluation_summary.tsv, evaluation_curves.tsv, evaluation.png, evaluation.json)."))
+    evaluation_steps: int = field(default=20, metadata=_opt(
+        "--evaluation_steps", type=int, metavar="K",
+        help="--evaluate: steps of each curve, 1/K of the voxels each (default: 20; K + 1 forward passes)."))
+    evaluation_orders: list[str] = field(default_factory=list, metadata=_opt(
+        "--evaluation_orders", action="append", type=str, choices=EVALUATION_ORDERS,
+        help="--evaluate: how the voxels are ranked: abs (|map|), map (the signed map: evidence for the target "
+             "first), random (the baseline); repeat for several (default: abs and random)."))
+    evaluation_lerf: bool = field(default=False, metadata=_opt(
+        "--evaluation_lerf", help="--evaluate: also the least-relevant-first curves (what the map ranks last goes "
+                                  "first)."))
+    evaluation_replacement: str = field(default="blur", metadata=_opt(
+        "--evaluation_replacement", type=str, choices=EVALUATION_REPLACEMENTS,
+        help="--evaluate: what removed voxels become: the image blurred (blur, default), ROAD's noisy linear "
+             "imputation from their neighbours (road; slower), or a constant (--evaluation_value; on T1 images 0 "
+             "looks like fluid, i.e. atrophy, and can raise an AD output)."))
+    evaluation_value: float = field(default=0.0, metadata=_opt(
+        "--evaluation_value", type=float, metavar="V",
+        help="--evaluate --evaluation_replacement constant: the value (default: 0, the background of min-max "
+             "normalised images)."))
+    evaluation_mask: Optional[Path] = field(default=None, metadata=_opt(
+        "--evaluation_mask", type=Path, metavar="NIFTI",
+        help="--evaluate: a binary mask on the images' voxel grid (e.g. a region the disease affects): each map's "
+             "relevance mass inside it, rank accuracy, AUROC and pointing game."))
     deterministic: bool = field(default=False, metadata=_opt(
         "--deterministic", help="GPU: the same maps every run: deterministic cuDNN and torch algorithms, no "
                                 "autotuning, copies summed without atomic additions (slower; rounded otherwise)."))
@@ -180,6 +211,7 @@ class InterpretConfig:
         # Repeats are dropped, first occurrence kept (each metric is interpreted once).
         self.selection_metrics = list(dict.fromkeys(self.selection_metrics or DEFAULT_SELECTION_METRICS))
         self.diagnoses = list(dict.fromkeys(self.diagnoses or ()))
+        self.evaluation_orders = list(dict.fromkeys(self.evaluation_orders or DEFAULT_EVALUATION_ORDERS))
         self.input_maps_directory = Path(self.input_maps_directory)
         if self.participants_tsv is not None:
             self.participants_tsv = Path(self.participants_tsv)
@@ -222,6 +254,12 @@ def validate(config: InterpretConfig) -> None:
                          "remove one of them")
     if config.resume and config.merge_parts:
         raise UsageError("--merge_parts computes nothing and cannot be continued: remove --continue")
+    if config.evaluation_steps < 1:
+        raise UsageError(f"--evaluation_steps must be 1 or more, got {config.evaluation_steps}")
+    evaluation = {"--evaluation_mask": config.evaluation_mask is not None, "--evaluation_lerf": config.evaluation_lerf}
+    given = [name for name, used in evaluation.items() if used]
+    if given and not config.evaluate:
+        raise UsageError(f"{given[0]} is an option of --evaluate: add --evaluate")
     if config.sanity_sessions < 0:
         raise UsageError(f"--sanity_sessions must be 0 (every session) or more, got {config.sanity_sessions}")
     if config.amp and not config.gpu:
@@ -267,6 +305,8 @@ RESULT_OPTIONS = {
     "num_parts": "--num_parts", "abs": "--abs", "statistics": "--statistics", "group_by": "--group_by",
     "noise_tunnel": "--noise_tunnel", "save_figures": "--save_figures", "sanity_check": "--sanity_check",
     "sanity_sessions": "--sanity_sessions", **{name: f"--{name}" for name in methods.PARAMETERS},
+    **{name: f"--{name}" for name in ("evaluate", "evaluation_steps", "evaluation_orders", "evaluation_lerf",
+                                      "evaluation_replacement", "evaluation_value", "evaluation_mask")},
 }
 
 

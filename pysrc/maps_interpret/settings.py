@@ -9,6 +9,7 @@ No torch here: records are plain values (they travel to every rank of a torchrun
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from . import methods
@@ -150,3 +151,27 @@ class SanitySettings:
 
     enabled: bool = False
     sessions: int = 0  # the group's first N sessions (0: all)
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """--evaluate (analysis/evaluation.py)."""
+
+    enabled: bool = False
+    steps: int = 20
+    orders: tuple = ("abs", "random")
+    lerf: bool = False  # also least-relevant-first curves
+    replacement: str = "blur"
+    value: float = 0.0
+    mask: Optional[Path] = None
+
+    @property
+    def curves(self) -> list[tuple[str, str, str]]:
+        """(kind, order, direction) of every curve, in the tables' order."""
+        directions = ("morf", "lerf") if self.lerf else ("morf",)
+        return [(kind, order, direction) for direction in directions for kind in ("deletion", "insertion")
+                for order in self.orders if not (direction == "lerf" and order == "random")]  # random has no ends
+
+
+def curve_name(kind: str, order: str, direction: str) -> str:
+    return f"{kind}_{order}" + ("_lerf" if direction == "lerf" else "")

@@ -30,7 +30,8 @@ PLANTED_MASK = "planted_atrophy_mask.nii.gz"  # in DIR/data: where the AD subjec
 # `make demo`: t1-linear's field of view in 3 mm voxels (a brain a reader recognises, a network trained on it in
 # seconds on a CPU), 40 training subjects (20 per split's training, 20 for its validation)
 DEMO_SHAPE = (56, 69, 60)
-DEMO_TRAIN, DEMO_TEST, DEMO_SECONDS = 40, 10, 60.0
+DEMO_TRAIN, DEMO_TEST = 40, 10
+DEMO_EPOCHS = 20  # per model: epochs, not seconds, so that the demo is the same on a busy machine (~15 s each)
 LABEL_CODE = {"AD": 0, "CN": 1}
 MARKER = ".maps-interpret-demo"
 
@@ -136,8 +137,9 @@ def write_maps(maps: Path, params: dict, splits: dict[int, tuple[list[SessionSpe
 
 
 def train(model: torch.nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, val_x: torch.Tensor,
-          val_y: torch.Tensor, seconds: float, seed: int) -> dict[str, dict]:
-    """A few seconds of Adam; returns ClinicaDL checkpoints of the best validation loss and accuracy."""
+          val_y: torch.Tensor, seconds: float, seed: int, epochs: Optional[int] = None) -> dict[str, dict]:
+    """A few seconds of Adam (or exactly `epochs` epochs: the same model on a busy machine); returns ClinicaDL
+    checkpoints of the best validation loss and accuracy."""
     torch.manual_seed(seed)
     from .data.transforms import min_max
 
@@ -147,7 +149,7 @@ def train(model: torch.nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     loss_fn = torch.nn.CrossEntropyLoss()
     best: dict[str, tuple[float, dict]] = {}
     deadline, epoch = time.monotonic() + seconds, 0
-    while epoch < 2 or time.monotonic() < deadline:
+    while epoch < epochs if epochs is not None else epoch < 2 or time.monotonic() < deadline:
         model.train()
         for start in range(0, len(train_x), 4):
             optimizer.zero_grad()
@@ -216,13 +218,14 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
                seconds: float = 3.0, seed: int = 0, trained: bool = True, preprocessing: Optional[dict] = None,
                input_size: Optional[Sequence[int]] = None,
                regions: Optional[dict[str, tuple[slice, ...]]] = None, nifti: bool = True,
-               clinicadl2: bool = False) -> dict[str, Path]:
+               clinicadl2: bool = False, epochs: Optional[int] = None) -> dict[str, Path]:
     """DIR/data/caps (all subjects), DIR/data/test.tsv, DIR/maps (2-fold, both splits trained).
 
     Other modes: `preprocessing` (a maps.json preprocessing_dict) and the network's `input_size` (one
     element); ROI `regions` become masks; `prepare_dl` writes element files. Only image mode trains.
     `nifti`: the CAPS also holds the source NIfTI images (maps are then written in their space).
     `clinicadl2`: also DIR/clinicadl2, a ClinicaDL 2.0 training output on the same NIfTI images (synthetic2.py).
+    `epochs`: train each split that many epochs instead of `seconds` (the same models on a busy machine).
     """
     root = Path(root)
     data, maps = root / "data", root / "maps"
@@ -256,7 +259,7 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
             xs = [torch.stack([load_tensor(tensor_path(caps, s.participant_id, s.session_id)) for s in part])
                   for part in (train_part, val_part)]
             ys = [torch.tensor([LABEL_CODE[s.diagnosis] for s in part]) for part in (train_part, val_part)]
-            checkpoints = train(model, xs[0], ys[0], xs[1], ys[1], seconds / 2, seed + split)
+            checkpoints = train(model, xs[0], ys[0], xs[1], ys[1], seconds / 2, seed + split, epochs)
         else:
             state = {k: v.clone() for k, v in model.state_dict().items()}
             checkpoints = {m: {"model": state, "epoch": 0, "name": "Conv5_FC3"} for m in ("loss", "accuracy")}
@@ -270,7 +273,7 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
         from .synthetic2 import build_output2
 
         paths["clinicadl2"] = build_output2(root / "clinicadl2", caps, *splits[0], test_sessions, shape, seconds / 2,
-                                            seed)
+                                            seed, epochs)
     return paths
 
 
@@ -279,8 +282,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                      description="Write a synthetic CAPS + MAPS (ClinicaDL layouts).")
     parser.add_argument("what", choices=["demo"])
     parser.add_argument("directory", type=Path)
-    parser.add_argument("--seconds", type=float, default=DEMO_SECONDS,
-                        help=f"training time, all models together (default: {DEMO_SECONDS:g})")
+    parser.add_argument("--epochs", type=int, default=DEMO_EPOCHS,
+                        help=f"training epochs of each model (default: {DEMO_EPOCHS})")
     args = parser.parse_args(argv)
     root: Path = args.directory
     if root.exists():
@@ -290,7 +293,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutil.rmtree(root)  # an earlier demo: start afresh so the demo is the same every time
     root.mkdir(parents=True)
     (root / MARKER).write_text("made by python -m maps_interpret.synthetic demo\n")
-    paths = build_demo(root, shape=DEMO_SHAPE, n_train=DEMO_TRAIN, n_test=DEMO_TEST, seconds=args.seconds * 2 / 3,
+    paths = build_demo(root, shape=DEMO_SHAPE, n_train=DEMO_TRAIN, n_test=DEMO_TEST, epochs=args.epochs,
                        clinicadl2=True)
     print(f"demo CAPS: {paths['caps']}\ndemo MAPS: {paths['maps']}\ntest participants: {paths['test_tsv']}\n"
           f"demo ClinicaDL 2.0 output: {paths['clinicadl2']}\nplanted atrophy: {paths['mask']}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -47,9 +47,10 @@ def _write_group(folder: Path, rows: list, caps: str) -> None:
 
 
 def build_output2(out: Path, caps: Path, train: list, validation: list, test: list, shape: Sequence[int],
-                  seconds: float, seed: int = 0) -> Path:
+                  seconds: float, seed: int = 0, epochs: Optional[int] = None) -> Path:
     """`train`/`validation`/`test`: SessionSpec lists; `caps` holds their NIfTI images (relative paths are
-    written relative to the folder that holds `out`, as the 2.0 fixture's are)."""
+    written relative to the folder that holds `out`, as the 2.0 fixture's are). Trained for `seconds`, or exactly
+    `epochs` epochs."""
     from .data.clinicadl2 import Pipeline2
     from .data.caps2 import image_file
     from .models.clinicadl2 import build_network
@@ -94,7 +95,7 @@ def build_output2(out: Path, caps: Path, train: list, validation: list, test: li
     loss_fn = torch.nn.BCEWithLogitsLoss()
     best, deadline, epoch = None, time.monotonic() + seconds, 0
     models = out / "training" / "split-0" / "models"
-    while epoch < 2 or time.monotonic() < deadline:
+    while epoch < epochs if epochs is not None else epoch < 2 or time.monotonic() < deadline:
         model.train()
         for start in range(0, len(train_x) - 1, 4):  # BatchNorm1d needs 2 samples a batch (2.0 drops the last)
             optimizer.zero_grad()

@@ -70,6 +70,11 @@ class Engine:
                                      [int(t) for t in targets or ()], [int(s) for s in seeds or ()],
                                      [int(s) for s in subsets or ()], [int(x) for x in labels or ()])
 
+    def outputs(self, batch: torch.Tensor) -> torch.Tensor:
+        """The model's outputs (B, n_outputs) for `batch`, forward only, float32, on the engine's device (its amp
+        and device policy); nothing is summed. Its pure-PyTorch twin: `model(batch)` under `torch.no_grad()`."""
+        return self._core.outputs(batch)
+
     def restore(self, state: dict) -> None:
         """Continues the running sums of an interrupted run: `state` holds ids, counts, sums (and, with statistics,
         abs_sums, mean64, m2), as `state()` gives them, element ids and subset keys together. The maps added next

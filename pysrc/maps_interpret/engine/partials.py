@@ -33,6 +33,7 @@ class Partial:
     sums: Optional[torch.Tensor]  # (len(ids), *map_shape) float32 sums; None when no map was added
     stats: dict[str, torch.Tensor] = field(default_factory=dict)  # STAT_FIELDS, same rows (with statistics)
     members: list = field(default_factory=list)  # group_by: [participant, session, element, subset] per map, in order
+    evaluations: list = field(default_factory=list)  # --evaluate: one dict of curves and measures per map, in order
 
     @classmethod
     def empty(cls) -> "Partial":
@@ -60,14 +61,16 @@ class Partial:
 
     def to(self, device) -> "Partial":
         return Partial(list(self.ids), list(self.counts), None if self.sums is None else self.sums.to(device),
-                       {name: value.to(device) for name, value in self.stats.items()}, list(self.members))
+                       {name: value.to(device) for name, value in self.stats.items()}, list(self.members),
+                       list(self.evaluations))
 
     def merge(self, other: "Partial") -> "Partial":
         """This partial plus `other`, key by key (keys of either)."""
         if other.sums is None:
             return self
         if self.sums is None:
-            return Partial(other.ids, other.counts, other.sums, other.stats, self.members + other.members)
+            return Partial(other.ids, other.counts, other.sums, other.stats, self.members + other.members,
+                           self.evaluations + other.evaluations)
         if self.sums.shape[1:] != other.sums.shape[1:]:
             raise ValueError(f"cannot merge maps of shape {tuple(other.sums.shape[1:])} into maps of shape "
                              f"{tuple(self.sums.shape[1:])}")
@@ -97,7 +100,7 @@ class Partial:
                 stats["mean64"].append(mean_a + delta * (nb / n))
                 stats["m2"].append(self.stats["m2"][a] + other.stats["m2"][b].to(device) + delta * delta * (na * nb / n))
         return Partial(ids, counts, torch.stack(sums), {name: torch.stack(rows) for name, rows in stats.items()},
-                       self.members + other.members)
+                       self.members + other.members, self.evaluations + other.evaluations)
 
     def _divide(self, values: torch.Tensor) -> torch.Tensor:
         n = torch.tensor(self.counts, dtype=values.dtype, device=values.device)
@@ -132,7 +135,7 @@ class Partial:
         return {"ids": list(self.ids), "counts": list(self.counts),
                 "sums": None if self.sums is None else self.sums.detach().cpu(),
                 **{name: value.detach().cpu() for name, value in self.stats.items()},
-                "members": [list(member) for member in self.members]}
+                "members": [list(member) for member in self.members], "evaluations": list(self.evaluations)}
 
     @classmethod
     def from_state(cls, state: dict) -> "Partial":
@@ -140,7 +143,8 @@ class Partial:
         if (sums is None) != (not state["ids"]) or (sums is not None and sums.shape[0] != len(state["ids"])):
             raise ValueError("inconsistent partial sums")
         return cls(list(state["ids"]), list(state["counts"]), sums,
-                   {name: state[name] for name in STAT_FIELDS if name in state}, list(state.get("members", [])))
+                   {name: state[name] for name in STAT_FIELDS if name in state}, list(state.get("members", [])),
+                   list(state.get("evaluations", [])))
 
 
 def merge_all(partials: Iterable[Partial]) -> Partial:

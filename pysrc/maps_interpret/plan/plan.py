@@ -21,7 +21,8 @@ from ..errors import MapsInterpretError
 from ..maps import Maps, open_maps
 from ..models import model_file, output_count
 from ..models.layers import check_randomisable
-from ..settings import DataSettings, EngineSettings, OutputSettings, RunSettings, SanitySettings
+from ..settings import (DataSettings, EngineSettings, EvaluationSettings, OutputSettings, RunSettings,
+                        SanitySettings)
 from .checks import check_group_by, check_labels, check_model, check_target, empty_group_message, subset_names
 from .groups import GroupPlan, definition_for_split, group_dir, plan_group, resolve_caps
 from .resolve import Settings, engine_of, resolve
@@ -79,6 +80,10 @@ class Plan:
     @property
     def sanity(self) -> SanitySettings:
         return self.settings.sanity
+
+    @property
+    def evaluation(self) -> EvaluationSettings:
+        return self.settings.evaluation
 
     @property
     def jobs(self) -> list[Job]:

@@ -4,11 +4,12 @@ read instead of the options. Every value is checked here or in config.validate, 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from ..config import RESULT_OPTIONS, InterpretConfig, method_parameters, plain, record
 from ..errors import UsageError
-from ..settings import (DataSettings, EngineSettings, OutputSettings, RunSettings, SanitySettings,
-                        engine_settings)
+from ..settings import (DataSettings, EngineSettings, EvaluationSettings, OutputSettings, RunSettings,
+                        SanitySettings, engine_settings)
 
 # --target_node's words -> the engine's target mode (an integer is the "node" mode).
 TARGET_MODES = {"label": "given", "predicted": "predicted"}
@@ -23,6 +24,7 @@ class Settings:
     output: OutputSettings
     run: RunSettings
     sanity: SanitySettings
+    evaluation: EvaluationSettings
     options: dict  # every option as given, plain values (interpret.json records them)
     result_options: dict  # the options that change the maps (config.RESULT_OPTIONS): a checkpoint's fingerprint
 
@@ -59,6 +61,11 @@ def resolve(config: InterpretConfig, engine: EngineSettings, device: str) -> Set
                         part_id=config.part_id or 0, merge_parts=config.merge_parts,
                         overwrite_name=config.overwrite_name),
         sanity=SanitySettings(enabled=config.sanity_check, sessions=config.sanity_sessions),
+        evaluation=EvaluationSettings(enabled=config.evaluate, steps=config.evaluation_steps,
+                                      orders=tuple(config.evaluation_orders), lerf=config.evaluation_lerf,
+                                      replacement=config.evaluation_replacement, value=config.evaluation_value,
+                                      mask=None if config.evaluation_mask is None
+                                      else Path(config.evaluation_mask).resolve()),
         options=record(config),
         result_options=result_options(config, engine),
     )

@@ -1,5 +1,6 @@
 """The report of a run: every split x selection metric x statistic x subset side by side, the glass brains, the
-sanity check, the agreement between the folders' mean maps (the compare command's measures), provenance.
+sanity check, the evaluation (--evaluate), the agreement between the folders' mean maps (the compare command's
+measures), provenance.
 
 Read from the published folders only (their figures.json, PNGs, sanity_check.json, interpret.json and mean
 maps), so it is the same whether the run went in one go, was resumed, or merged from parts; written at
@@ -37,11 +38,13 @@ class Folder:
     figures: list[dict] = field(default_factory=list)
     record: dict = field(default_factory=dict)  # interpret.json
     sanity: Optional[dict] = None  # sanity_check.json
+    evaluation: Optional[dict] = None  # evaluation.json (--evaluate)
 
     def read(self) -> "Folder":
         self.figures = _json(self.path / figures.FIGURES_FILE, {}).get("figures", [])
         self.record = _json(self.path / provenance.FILE, {})
         self.sanity = _json(self.path / "sanity_check.json", None)
+        self.evaluation = _json(self.path / "evaluation.json", None)
         return self
 
 
@@ -108,6 +111,33 @@ def sanity_section(found: list[Folder]) -> Optional[str]:
             + page.table(["folder", "verdict", "layers randomised", "sessions"], rows) + page.grid(cells))
 
 
+def evaluation_section(found: list[Folder]) -> Optional[str]:
+    """--evaluate: each folder's mean curves, and every measure's mean ± standard deviation over the maps, the
+    folders side by side."""
+    evaluated = [f for f in found if f.evaluation is not None]
+    if not evaluated:
+        return None
+    measures = list(dict.fromkeys(m for f in evaluated for m in f.evaluation.get("summary", {})))
+
+    def cell(entry: Optional[dict]) -> str:
+        if not entry or entry.get("mean") is None:
+            return "n/a"
+        std = entry.get("std")
+        return f"{entry['mean']:.3f}" + ("" if std is None else f" ± {std:.3f}") + f" (n = {entry['n']})"
+
+    rows = [[page.escape(m), *(page.escape(cell(f.evaluation["summary"].get(m))) for f in evaluated)]
+            for m in measures]
+    first = evaluated[0].evaluation
+    cells = [page.figure((f.path / "evaluation.png").read_bytes(), f"<b>{page.escape(f.label)}</b>",
+                         "evaluation.png") for f in evaluated if (f.path / "evaluation.png").is_file()]
+    mask = "" if not first.get("mask") else f"; mask <code>{page.escape(first['mask'])}</code>"
+    return (f'<p class="note">Deletion: the voxels ranked first by the map are removed ({page.escape(first.get("replacement"))}'
+            f"), {page.escape(first.get('steps'))} steps; the area under the target's probability is lower for a "
+            f"more faithful map, the random order is the baseline. Insertion: put back first, higher is better"
+            f"{mask}.</p>" + page.grid(cells)
+            + page.table(["measure", *(f.label for f in evaluated)], rows))
+
+
 def agreement_section(plan, found: list[Folder]) -> Optional[str]:
     """Pearson, Spearman and the Dice overlap of the top-k% voxels between every pair of folders' mean maps
     (the whole group's), as `maps-interpret-compare` computes them."""
@@ -163,8 +193,9 @@ def write_report(plan) -> Path:
     report = plan.maps.report_path(plan.output.data_group, plan.output.name)
     found = folders(plan)
     output = plan.output
-    sections = [("maps", "Maps", maps_section(found)), ("glass", "Glass brains", glass_section(found))]
+    sections = [("maps", "Maps", maps_section(found)), ("glass", "Glass brains", glass_section(found))]  # always
     for anchor, heading, content in (("sanity", "Sanity check", sanity_section(found)),
+                                     ("evaluation", "Evaluation", evaluation_section(found)),
                                      ("agreement", "Agreement", agreement_section(plan, found))):
         if content is not None:
             sections.append((anchor, heading, content))

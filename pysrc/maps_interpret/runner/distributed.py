@@ -208,7 +208,7 @@ class Context:
 
         meta: list = [None] * self.world
         dist.all_gather_object(meta, [(p.ids, p.counts, None if p.sums is None else tuple(p.sums.shape[1:]),
-                                       sorted(p.stats), p.members) for p in partials])
+                                       sorted(p.stats), p.members, p.evaluations) for p in partials])
         device = torch.device(self.device("cuda")) if self.backend == "nccl" else torch.device("cpu")
         merged = []
         for job, partial in enumerate(partials):
@@ -241,7 +241,7 @@ class Context:
                     rows = [row[i] for i in rank_ids]
                     parts.append(Partial(list(rank_ids), list(rank_counts), gathered["sums"][rank][rows],
                                          {name: gathered[name][rank][rows] for name in fields if name != "sums"},
-                                         list(meta[rank][job][4])))
+                                         list(meta[rank][job][4]), list(meta[rank][job][5])))
             merged.append(merge_all(parts))
         return merged if self.is_main else None
 

@@ -12,6 +12,7 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from ..analysis.evaluation import element_masks, evaluate_batch
 from ..data.batches import make_batches, prefetch
 from ..engine import EngineError
 from ..engine.partials import Partial
@@ -86,16 +87,20 @@ def run_shard(plan, index: int, data_pass, staging: Staging, checkpoint: checkpo
         engines.append((job, engine, staging.job_dir(index, job_index)))
     summary.engine_seconds += time.perf_counter() - start
 
-    # group_by: who fell in which subset, per model (an interrupted run's first)
+    # group_by: who fell in which subset, per model (an interrupted run's first); --evaluate: each map's row
     members: list[list] = [list(before.members) for before in prior]
+    evaluations: list[list] = [list(before.evaluations) for before in prior]
 
     def partials() -> list[Partial]:
         out = []
-        for (_, engine, _), mine in zip(engines, members):
+        for (_, engine, _), mine, rows in zip(engines, members, evaluations):
             now = Partial.of_engine(engine)
-            now.members = list(mine)
+            now.members, now.evaluations = list(mine), list(rows)
             out.append(now)
         return out
+
+    evaluate = plan.evaluation.enabled
+    masks = element_masks(plan, data_pass) if evaluate else None
 
     label_code = maps.params.get("label_code")
     subset_of = ({name: index for index, name in enumerate(data_pass.subsets)} if settings.group_by == "given"
@@ -131,18 +136,21 @@ def run_shard(plan, index: int, data_pass, staging: Staging, checkpoint: checkpo
             targets, seeds = sample_inputs(settings, label_code, owners, batch.element_ids)
             subsets = [subset_of[s.group] for s in owners] if subset_of else None
             labels = [label_code[s.label] for s in owners] if settings.group_by == "correct" else None
-            for (job, engine, folder), listing in zip(engines, members):
+            for (job, engine, folder), listing, rows in zip(engines, members, evaluations):
                 try:
-                    maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=individual,
+                    maps_ = engine.accumulate(batch.images, batch.element_ids, return_maps=individual or evaluate,
                                               targets=targets, seeds=seeds, subsets=subsets, labels=labels)
                     if settings.group_by != "none":
                         listing += [[s.participant_id, s.session_id, e, g]
                                     for s, e, g in zip(owners, batch.element_ids, engine.last_subsets())]
+                    if evaluate:
+                        rows += evaluate_batch(engine, plan.evaluation, batch.images, maps_, owners,
+                                               batch.element_ids, targets, masks)
                 except EngineError as error:
                     hint = (f"; lower --batch_size (now {data.batch_size})"
                             if "out of memory" in str(error).lower() else "")
                     raise MapsInterpretError(f"{job.model_path}: {first_line(error)}{hint}") from None
-                if maps_ is not None:
+                if individual:
                     maps_ = maps_.cpu()
                     for map_, element, position in zip(maps_, batch.element_ids, batch.session_index):
                         session = sessions[first_session + position]

@@ -59,6 +59,7 @@ def write_pass(plan, index: int, data_pass, staging: Staging, checkpoint: checkp
             signals.check()
             folder = staging.job_dir(index, job_index)
             results.write_means(plan, data_pass, job, partial, folder)
+            _evaluation(plan, data_pass, job, partial, folder)
             results.write_individual_image_space(plan, data_pass, folder)
             _sanity_check(plan, data_pass, job, partial, folder)
             _provenance(plan, data_pass, job, folder, seconds, ranks, summary.resumed_elements, checkpoint)
@@ -124,6 +125,23 @@ def _provenance(plan, data_pass, job, folder: Path, seconds: float, ranks: int, 
     record = provenance.provenance(plan, data_pass, job, folder, seconds, ranks, resumed)
     record["run"] = run_digest(checkpoint.fingerprint)
     writers.write_json(folder / provenance.FILE, record)
+
+
+def _evaluation(plan, data_pass, job, partial: Partial, folder: Path) -> None:
+    """--evaluate: the rows the run kept, as tables, curves and a summary (output/evaluation.py)."""
+    if not plan.evaluation.enabled:
+        return
+    import math
+
+    from ..output.evaluation import write_evaluation
+
+    summary = write_evaluation(plan, data_pass, folder, partial.evaluations, math.prod(partial.sums.shape[2:]))
+    aucs = ", ".join(f"{name[len('deletion_'):-len('_auc')]} {mean:.3f}" for name, (_, mean, _) in summary.items()
+                     if name.startswith("deletion") and name.endswith("_auc"))
+    log.info("%s: evaluation of %d map(s): deletion AUC by order %s (lower: more faithful)%s",
+             results.where(plan, job), len(partial.evaluations), aucs,
+             f"; relevance mass in the mask {summary['relevance_mass'][1]:.3f} (by chance "
+             f"{summary['mask_fraction'][1]:.3f})" if "relevance_mass" in summary else "")
 
 
 def _sanity_check(plan, data_pass, job, partial: Partial, folder: Path) -> None:

@@ -1,0 +1,136 @@
+"""--evaluate's files in each interpret-<NAME> folder, from the rows the run kept (analysis/evaluation.py):
+
+- `evaluation.tsv`: one row per map (session and element): the target node, each curve's area under the
+  probability (`<curve>_auc`) and under the raw output (`<curve>_auc_output`), and with a mask the localisation
+  measures and the mask's share of the element (`mask_fraction`: what relevance_mass is by chance);
+- `evaluation_summary.tsv`: per measure, the number of maps, mean and sample standard deviation;
+- `evaluation_curves.tsv`: per curve and step, the share of voxels removed (or put back) and the mean and standard
+  deviation of the probability over the maps;
+- `evaluation.png`: those mean curves (deletion left, insertion right) with a band of one standard deviation;
+- `evaluation.json`: the settings (steps, orders, replacement, mask and its sha256) and the summary.
+
+Curves are named `<deletion|insertion>_<order>[_lerf]`. Rows are sorted by session (the group's order) and
+element: the same files whatever the ranks, parts or interruptions that made them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..settings import EvaluationSettings, curve_name
+from . import writers
+
+MEASURES = ("relevance_mass", "rank_accuracy", "auroc", "pointing_game", "mask_fraction")
+TSV, SUMMARY, CURVES, PNG, JSON = ("evaluation.tsv", "evaluation_summary.tsv", "evaluation_curves.tsv",
+                                   "evaluation.png", "evaluation.json")
+
+
+def auc(values: list[float], fractions: torch.Tensor) -> float:
+    return float(torch.trapezoid(torch.tensor(values, dtype=torch.float64), fractions))
+
+
+def fractions_of(settings: EvaluationSettings, n_voxels: Optional[int] = None) -> torch.Tensor:
+    """The share of voxels at each step: whole voxels (the curves' own), or k/K for the table's header."""
+    k = torch.arange(settings.steps + 1, dtype=torch.float64)
+    if n_voxels is None:
+        return k / settings.steps
+    return torch.round(k * n_voxels / settings.steps) / n_voxels
+
+
+def _stats(values: list[float]) -> tuple[int, float, float]:
+    finite = [v for v in values if not math.isnan(v)]
+    if not finite:
+        return 0, math.nan, math.nan
+    mean = sum(finite) / len(finite)
+    std = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1)) if len(finite) > 1 else math.nan
+    return len(finite), mean, std
+
+
+def _number(value) -> str:
+    return "nan" if isinstance(value, float) and math.isnan(value) else (f"{value:.6f}" if isinstance(value, float)
+                                                                       else str(value))
+
+
+def sorted_rows(rows: list[dict], sessions: list) -> list[dict]:
+    order = {(s.participant_id, s.session_id): i for i, s in enumerate(sessions)}
+    return sorted(rows, key=lambda r: (order.get((r["participant_id"], r["session_id"]), len(order)), r["element"]))
+
+
+def write_evaluation(plan, data_pass, folder: Path, rows: list[dict], n_voxels: int) -> dict:
+    """The files above for one model's rows; `n_voxels`: the voxels of one map (the curves' fractions).
+    Returns the summary (measure -> n, mean, std)."""
+    settings: EvaluationSettings = plan.evaluation
+    mode = plan.maps.mode
+    rows = sorted_rows(rows, data_pass.sessions)
+    names = [curve_name(*c) for c in settings.curves]
+    measures = [m for m in MEASURES if rows and m in rows[0]]
+    table, columns = [], ["participant_id", "session_id", f"{mode}_id", "target"]
+    columns += [f"{n}_auc" for n in names] + [f"{n}_auc_output" for n in names] + measures
+    fractions = fractions_of(settings, n_voxels)
+    for row in rows:
+        entry = {"participant_id": row["participant_id"], "session_id": row["session_id"],
+                 f"{mode}_id": row["element"], "target": row["target"]}
+        for name in names:
+            entry[f"{name}_auc"] = auc(row["probabilities"][name], fractions)
+            entry[f"{name}_auc_output"] = auc(row["outputs"][name], fractions)
+        entry.update({m: row[m] for m in measures})
+        table.append(entry)
+    writers.write_tsv(folder / TSV, columns, [{k: _number(v) for k, v in e.items()} for e in table])
+    summary = {column: _stats([e[column] for e in table]) for column in columns[4:]}
+    writers.write_tsv(folder / SUMMARY, ["measure", "n", "mean", "std"],
+                      [{"measure": k, "n": str(n), "mean": _number(m), "std": _number(s)}
+                       for k, (n, m, s) in summary.items()])
+    curves = {}
+    for name in names:
+        stack = torch.tensor([row["probabilities"][name] for row in rows], dtype=torch.float64)
+        curves[name] = (stack.mean(0), stack.std(0, correction=1) if len(rows) > 1 else torch.full_like(stack[0],
+                                                                                                       math.nan))
+    header = fractions_of(settings)
+    writers.write_tsv(folder / CURVES, ["curve", "step", "fraction", "mean_probability", "std_probability"], [
+        {"curve": name, "step": str(k), "fraction": f"{float(header[k]):.6f}", "mean_probability": _number(float(m[k])),
+         "std_probability": _number(float(s[k]))} for name, (m, s) in curves.items() for k in range(len(header))])
+    writers.atomic_write_bytes(folder / PNG, draw(header, curves, f"{plan.output.method}, {len(rows)} map(s)"))
+    writers.write_json(folder / JSON, {
+        "steps": settings.steps, "orders": list(settings.orders), "least_relevant_first": settings.lerf,
+        "replacement": settings.replacement, "value": settings.value if settings.replacement == "constant" else None,
+        "mask": None if settings.mask is None else str(settings.mask),
+        "mask_sha256": None if settings.mask is None else hashlib.sha256(settings.mask.read_bytes()).hexdigest(),
+        "relevance": "abs", "n_maps": len(rows),
+        "summary": {k: {"n": n, "mean": None if math.isnan(m) else m, "std": None if math.isnan(s) else s}
+                    for k, (n, m, s) in summary.items()}})
+    return summary
+
+
+def draw(fractions: torch.Tensor, curves: dict, title: str) -> bytes:
+    """Mean probability against the share of voxels removed (deletion) or put back (insertion), a band of one
+    standard deviation; drawn on a bare Agg canvas (no pyplot)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 3.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = dict(zip(("deletion", "insertion"), figure.subplots(1, 2, sharey=True)))
+    x = fractions.numpy()
+    for name, (mean, std) in curves.items():
+        ax = axes[name.split("_")[0]]
+        label = name.split("_", 1)[1].replace("_lerf", " (least relevant first)")
+        line = ax.plot(x, mean.numpy(), label=label)[0]
+        if not bool(torch.isnan(std).all()):
+            ax.fill_between(x, (mean - std).numpy(), (mean + std).numpy(), color=line.get_color(), alpha=0.15)
+    for kind, ax in axes.items():
+        ax.set_title(f"{kind}: voxels {'removed' if kind == 'deletion' else 'put back'}, ranked by the map")
+        ax.set_xlabel(f"share of voxels {'removed' if kind == 'deletion' else 'put back'}")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    axes["deletion"].set_ylabel("target probability (mean over maps)")
+    figure.suptitle(title, fontsize=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return buffer.getvalue()
