@@ -174,3 +174,21 @@ def test_known_answers_on_the_planted_cohort(tmp_path: Path, monkeypatch):
             if method == "gradients":
                 assert not theirs["relevance_mass"] >= 2 * chance, (method, other, theirs)
             assert theirs["deletion_abs_auc"] >= 0.98 * theirs["deletion_random_auc"], (method, other, theirs)
+
+
+@pytest.mark.parametrize("maps", ["maps_image_cls", "maps_patch_cls", "maps_slice_reg"])
+def test_the_clinicadl_fixtures(clinicadl_fixture: Path, tmp_path: Path, monkeypatch, maps: str):
+    """Every mode of the real ClinicaDL 1.6.1 MAPS: one row per element map; a regression has no probability,
+    its curves are its outputs."""
+    shutil.copytree(clinicadl_fixture / "data", tmp_path / "data")
+    shutil.copytree(clinicadl_fixture / f"{maps}_clean", tmp_path / maps)
+    monkeypatch.chdir(tmp_path)
+    assert main([maps, "validation", "ev", "gradients", "--evaluate", "--evaluation_steps", "3", *RUN]) == 0
+    folder = next((tmp_path / maps).glob("split-*/best-loss/validation/interpret-ev"))  # the splits trained
+    rows = table(folder / "evaluation.tsv")
+    maps_per_session = {"maps_image_cls": 1, "maps_patch_cls": 4, "maps_slice_reg": 28}[maps]
+    assert len(rows) == 6 * maps_per_session
+    regression = maps == "maps_slice_reg"
+    assert all((r["deletion_abs_auc"] == "nan") == regression for r in rows)
+    assert all(r["deletion_abs_auc_output"] != "nan" for r in rows)
+    assert f"mean_{'output' if regression else 'probability'}" in (folder / "evaluation_curves.tsv").read_text()

@@ -12,6 +12,7 @@ whatever the batch, rank or part.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -66,9 +67,10 @@ def perturbation(settings: EvaluationSettings) -> Perturbation:
 
 def evaluate_batch(engine, settings: EvaluationSettings, images: torch.Tensor, maps: torch.Tensor,
                    owners: Sequence, element_ids: Sequence[int], targets: Optional[Sequence[int]],
-                   masks: Optional[dict[int, torch.Tensor]]) -> list[dict]:
+                   masks: Optional[dict[int, torch.Tensor]], classification: bool = True) -> list[dict]:
     """One row per map of the batch (see the module's docstring); `targets`: each sample's node (target mode
-    given), else the engine's fixed node or the predicted class."""
+    given), else the engine's fixed node or the predicted class. A regression network has no probability: its
+    curves are its outputs only (the probabilities NaN)."""
     mode = engine.settings.target_mode
     device = engine.device
     images = images.to(device)
@@ -86,7 +88,8 @@ def evaluate_batch(engine, settings: EvaluationSettings, images: torch.Tensor, m
             name = curve_name(kind, order, direction)
             position = ranking(map_, order, direction, generator)
             result = curve(engine.outputs, image, position, int(target), kind, perturbation(settings), generator)
-            row["probabilities"][name] = result.probabilities.tolist()
+            row["probabilities"][name] = (result.probabilities.tolist() if classification
+                                          else [math.nan] * len(result.outputs))
             row["outputs"][name] = result.outputs.tolist()
         if masks is not None:
             mask = masks[element].to(device)

@@ -5,7 +5,7 @@
   measures and the mask's share of the element (`mask_fraction`: what relevance_mass is by chance);
 - `evaluation_summary.tsv`: per measure, the number of maps, mean and sample standard deviation;
 - `evaluation_curves.tsv`: per curve and step, the share of voxels removed (or put back) and the mean and standard
-  deviation of the probability over the maps;
+  deviation of the probability over the maps (of the output for a regression, which has no probability);
 - `evaluation.png`: those mean curves (deletion left, insertion right) with a band of one standard deviation;
 - `evaluation.json`: the settings (steps, orders, replacement, mask and its sha256) and the summary.
 
@@ -86,16 +86,20 @@ def write_evaluation(plan, data_pass, folder: Path, rows: list[dict], n_voxels: 
     writers.write_tsv(folder / SUMMARY, ["measure", "n", "mean", "std"],
                       [{"measure": k, "n": str(n), "mean": _number(m), "std": _number(s)}
                        for k, (n, m, s) in summary.items()])
+    # a regression network has no probability (analysis/evaluation.py): its curves are its outputs
+    kind = "probability" if any(not math.isnan(v) for row in rows[:1] for v in row["probabilities"][names[0]]) \
+        else "output"
     curves = {}
     for name in names:
-        stack = torch.tensor([row["probabilities"][name] for row in rows], dtype=torch.float64)
+        stack = torch.tensor([row["probabilities" if kind == "probability" else "outputs"][name] for row in rows],
+                             dtype=torch.float64)
         curves[name] = (stack.mean(0), stack.std(0, correction=1) if len(rows) > 1 else torch.full_like(stack[0],
                                                                                                        math.nan))
     header = fractions_of(settings)
-    writers.write_tsv(folder / CURVES, ["curve", "step", "fraction", "mean_probability", "std_probability"], [
-        {"curve": name, "step": str(k), "fraction": f"{float(header[k]):.6f}", "mean_probability": _number(float(m[k])),
-         "std_probability": _number(float(s[k]))} for name, (m, s) in curves.items() for k in range(len(header))])
-    writers.atomic_write_bytes(folder / PNG, draw(header, curves, f"{plan.output.method}, {len(rows)} map(s)"))
+    writers.write_tsv(folder / CURVES, ["curve", "step", "fraction", f"mean_{kind}", f"std_{kind}"], [
+        {"curve": name, "step": str(k), "fraction": f"{float(header[k]):.6f}", f"mean_{kind}": _number(float(m[k])),
+         f"std_{kind}": _number(float(s[k]))} for name, (m, s) in curves.items() for k in range(len(header))])
+    writers.atomic_write_bytes(folder / PNG, draw(header, curves, f"{plan.output.method}, {len(rows)} map(s)", kind))
     writers.write_json(folder / JSON, {
         "steps": settings.steps, "orders": list(settings.orders), "least_relevant_first": settings.lerf,
         "replacement": settings.replacement, "value": settings.value if settings.replacement == "constant" else None,
@@ -107,8 +111,8 @@ def write_evaluation(plan, data_pass, folder: Path, rows: list[dict], n_voxels: 
     return summary
 
 
-def draw(fractions: torch.Tensor, curves: dict, title: str) -> bytes:
-    """Mean probability against the share of voxels removed (deletion) or put back (insertion), a band of one
+def draw(fractions: torch.Tensor, curves: dict, title: str, kind: str = "probability") -> bytes:
+    """Mean probability (a regression's output) against the share of voxels removed (deletion) or put back (insertion), a band of one
     standard deviation; drawn on a bare Agg canvas (no pyplot)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -129,7 +133,7 @@ def draw(fractions: torch.Tensor, curves: dict, title: str) -> bytes:
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    axes["deletion"].set_ylabel("target probability (mean over maps)")
+    axes["deletion"].set_ylabel(f"target {kind} (mean over maps)")
     figure.suptitle(title, fontsize=10)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)

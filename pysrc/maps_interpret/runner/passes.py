@@ -101,6 +101,7 @@ def run_shard(plan, index: int, data_pass, staging: Staging, checkpoint: checkpo
 
     evaluate = plan.evaluation.enabled
     masks = element_masks(plan, data_pass) if evaluate else None
+    classification = maps.params.get("network_task") != "regression"  # a regression output has no probability
 
     label_code = maps.params.get("label_code")
     subset_of = ({name: index for index, name in enumerate(data_pass.subsets)} if settings.group_by == "given"
@@ -145,7 +146,7 @@ def run_shard(plan, index: int, data_pass, staging: Staging, checkpoint: checkpo
                                     for s, e, g in zip(owners, batch.element_ids, engine.last_subsets())]
                     if evaluate:
                         rows += evaluate_batch(engine, plan.evaluation, batch.images, maps_, owners,
-                                               batch.element_ids, targets, masks)
+                                               batch.element_ids, targets, masks, classification)
                 except EngineError as error:
                     hint = (f"; lower --batch_size (now {data.batch_size})"
                             if "out of memory" in str(error).lower() else "")

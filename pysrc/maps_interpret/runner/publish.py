@@ -136,10 +136,12 @@ def _evaluation(plan, data_pass, job, partial: Partial, folder: Path) -> None:
     from ..output.evaluation import write_evaluation
 
     summary = write_evaluation(plan, data_pass, folder, partial.evaluations, math.prod(partial.sums.shape[2:]))
-    aucs = ", ".join(f"{name[len('deletion_'):-len('_auc')]} {mean:.3f}" for name, (_, mean, _) in summary.items()
-                     if name.startswith("deletion") and name.endswith("_auc"))
-    log.info("%s: evaluation of %d map(s): deletion AUC by order %s (lower: more faithful)%s",
-             results.where(plan, job), len(partial.evaluations), aucs,
+    regression = plan.maps.params.get("network_task") == "regression"  # areas under the output, not a probability
+    suffix = "_auc_output" if regression else "_auc"
+    aucs = ", ".join(f"{name[len('deletion_'):-len(suffix)]} {mean:.3f}" for name, (_, mean, _) in summary.items()
+                     if name.startswith("deletion") and name.endswith(suffix))
+    log.info("%s: evaluation of %d map(s): deletion AUC%s by order %s (lower: more faithful)%s",
+             results.where(plan, job), len(partial.evaluations), " of the output" if regression else "", aucs,
              f"; relevance mass in the mask {summary['relevance_mass'][1]:.3f} (by chance "
              f"{summary['mask_fraction'][1]:.3f})" if "relevance_mass" in summary else "")
 
