@@ -20,7 +20,7 @@ import torch
 from ..errors import MapsInterpretError
 from ..interpreter import sample_seed
 from ..settings import EvaluationSettings, curve_name
-from .faithfulness import Perturbation, curve, ranking
+from .faithfulness import Perturbation, baseline, curve, ranking
 from .localisation import localisation
 
 CHUNK = 8  # perturbed copies per forward pass
@@ -84,10 +84,12 @@ def evaluate_batch(engine, settings: EvaluationSettings, images: torch.Tensor, m
         row = {"participant_id": session.participant_id, "session_id": session.session_id, "element": int(element),
                "target": int(target), "probabilities": {}, "outputs": {}}
         generator = torch.Generator().manual_seed(sample_seed(session, element))
+        replaced = baseline(image, perturbation(settings))  # once for every curve of the image
         for kind, order, direction in settings.curves:
             name = curve_name(kind, order, direction)
             position = ranking(map_, order, direction, generator)
-            result = curve(engine.outputs, image, position, int(target), kind, perturbation(settings), generator)
+            result = curve(engine.outputs, image, position, int(target), kind, perturbation(settings), generator,
+                           replaced)
             row["probabilities"][name] = (result.probabilities.tolist() if classification
                                           else [math.nan] * len(result.outputs))
             row["outputs"][name] = result.outputs.tolist()

@@ -143,16 +143,25 @@ def _probabilities(outputs: torch.Tensor, target: int) -> torch.Tensor:
     return torch.softmax(outputs.double(), dim=1)[:, target]
 
 
+def baseline(image: torch.Tensor, settings: Perturbation) -> torch.Tensor:
+    """What removed voxels become (ROAD: where its imputation starts): the constant, or the blurred image."""
+    if settings.replacement == "constant":
+        return torch.full_like(image, settings.value)
+    return blurred(image, settings.sigma)
+
+
 def curve(model: Model, image: torch.Tensor, position: torch.Tensor, target: int, kind: str = "deletion",
-          settings: Perturbation = Perturbation(), generator: Optional[torch.Generator] = None) -> Curve:
+          settings: Perturbation = Perturbation(), generator: Optional[torch.Generator] = None,
+          replaced: Optional[torch.Tensor] = None) -> Curve:
     """The deletion or insertion curve of one image (C, *spatial) for a removal order (`ranking`'s positions):
-    steps + 1 copies, `settings.chunk` per forward pass, on the image's device, without gradients."""
+    steps + 1 copies, `settings.chunk` per forward pass, on the image's device, without gradients. `replaced`:
+    the image's `baseline`, when several curves of one image share it (a blur costs about a forward pass)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     n = position.numel()
     counts = torch.round(torch.linspace(0, n, settings.steps + 1, dtype=torch.float64)).long()
-    replaced = (torch.full_like(image, settings.value) if settings.replacement == "constant"
-                else blurred(image, settings.sigma))
+    if replaced is None:
+        replaced = baseline(image, settings)
     spatial = image.shape[1:]
     outputs = []
     with torch.no_grad():
