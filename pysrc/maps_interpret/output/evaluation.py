@@ -37,10 +37,10 @@ def auc(values: list[float], fractions: torch.Tensor) -> float:
 
 def fractions_of(settings: EvaluationSettings, n_voxels: Optional[int] = None) -> torch.Tensor:
     """The share of voxels at each step: whole voxels (the curves' own), or k/K for the table's header."""
-    k = torch.arange(settings.steps + 1, dtype=torch.float64)
     if n_voxels is None:
-        return k / settings.steps
-    return torch.round(k * n_voxels / settings.steps) / n_voxels
+        return torch.arange(settings.steps + 1, dtype=torch.float64) / settings.steps
+    # as faithfulness.curve counts them
+    return torch.round(torch.linspace(0, n_voxels, settings.steps + 1, dtype=torch.float64)) / n_voxels
 
 
 def _stats(values: list[float]) -> tuple[int, float, float]:
