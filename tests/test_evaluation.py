@@ -11,7 +11,9 @@ import io
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import nibabel as nib
 import pytest
 import torch
 
@@ -64,10 +66,10 @@ def test_each_row_is_the_python_twins_on_the_same_image(demo):
                              "insertion_random_auc_output", "relevance_mass", "rank_accuracy", "auroc",
                              "pointing_game", "mask_fraction"]
     interpreter = Interpreter.from_maps("maps", split=0, selection_metric="loss")
-    session = type("S", (), {"participant_id": "sub-TE02", "session_id": "ses-M000"})()
+    session = SimpleNamespace(participant_id="sub-TE02", session_id="ses-M000")
     image = interpreter.preprocess(load_tensor(tensor_path(Path("data/caps"), "sub-TE02", "ses-M000")))
     map_ = interpreter.attribute(image.unsqueeze(0), "gradients", 1)[0]
-    mask = torch.from_numpy(__import__("nibabel").load(MASK).get_fdata() > 0)
+    mask = torch.from_numpy(nib.load(MASK).get_fdata() > 0)
     row = next(r for r in rows if r["participant_id"] == "sub-TE02")
 
     def model(batch):
@@ -97,8 +99,7 @@ def test_refusals_are_one_line(demo, capsys):
     assert main(["maps", "test", "x", "gradients", "--evaluation_mask", MASK, *RUN]) == 2
     assert "--evaluation_mask is an option of --evaluate" in capsys.readouterr().err
     wrong = demo / "wrong.nii.gz"
-    __import__("nibabel").save(__import__("nibabel").Nifti1Image(torch.ones(4, 4, 4).numpy(), torch.eye(4).numpy()),
-                               wrong)
+    nib.save(nib.Nifti1Image(torch.ones(4, 4, 4).numpy(), torch.eye(4).numpy()), wrong)
     assert main(["maps", "test", "x", "gradients", "--evaluate", "--evaluation_mask", str(wrong), *RUN]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "has shape (4, 4, 4), the images (16, 18, 14): resample it" in err[0]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import anatomy
+from .synthetic2 import build_output2, training_continues
 from .models.conv import conv5_fc3
 
 PATTERN = "*space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz"
@@ -149,7 +150,7 @@ def train(model: torch.nn.Module, train_x: torch.Tensor, train_y: torch.Tensor, 
     loss_fn = torch.nn.CrossEntropyLoss()
     best: dict[str, tuple[float, dict]] = {}
     deadline, epoch = time.monotonic() + seconds, 0
-    while epoch < epochs if epochs is not None else epoch < 2 or time.monotonic() < deadline:
+    while training_continues(epoch, epochs, deadline):
         model.train()
         for start in range(0, len(train_x), 4):
             optimizer.zero_grad()
@@ -270,8 +271,6 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
     write_maps(maps, params, splits, models)
     paths = {"root": root, "caps": caps, "maps": maps, "test_tsv": data / "test.tsv", "mask": data / PLANTED_MASK}
     if clinicadl2:
-        from .synthetic2 import build_output2
-
         paths["clinicadl2"] = build_output2(root / "clinicadl2", caps, *splits[0], test_sessions, shape, seconds / 2,
                                             seed, epochs)
     return paths

@@ -46,6 +46,14 @@ def _write_group(folder: Path, rows: list, caps: str) -> None:
                                      + "".join(f"{r['participant_id']}\t{r['session_id']}\n" for r in rows))
 
 
+def training_continues(epoch: int, epochs: Optional[int], deadline: float) -> bool:
+    """The demo models' budget: exactly `epochs` epochs when given (the same models on a busy machine), else at
+    least 2 and until the `deadline` (time.monotonic())."""
+    if epochs is not None:
+        return epoch < epochs
+    return epoch < 2 or time.monotonic() < deadline
+
+
 def build_output2(out: Path, caps: Path, train: list, validation: list, test: list, shape: Sequence[int],
                   seconds: float, seed: int = 0, epochs: Optional[int] = None) -> Path:
     """`train`/`validation`/`test`: SessionSpec lists; `caps` holds their NIfTI images (relative paths are
@@ -95,7 +103,7 @@ def build_output2(out: Path, caps: Path, train: list, validation: list, test: li
     loss_fn = torch.nn.BCEWithLogitsLoss()
     best, deadline, epoch = None, time.monotonic() + seconds, 0
     models = out / "training" / "split-0" / "models"
-    while epoch < epochs if epochs is not None else epoch < 2 or time.monotonic() < deadline:
+    while training_continues(epoch, epochs, deadline):
         model.train()
         for start in range(0, len(train_x) - 1, 4):  # BatchNorm1d needs 2 samples a batch (2.0 drops the last)
             optimizer.zero_grad()

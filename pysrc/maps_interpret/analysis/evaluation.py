@@ -73,6 +73,7 @@ def evaluate_batch(engine, settings: EvaluationSettings, images: torch.Tensor, m
     curves are its outputs only (the probabilities NaN)."""
     mode = engine.settings.target_mode
     device = engine.device
+    perturbing = perturbation(settings)
     images = images.to(device)
     if mode == "predicted":
         predicted = engine.outputs(images).argmax(1).tolist()
@@ -84,12 +85,14 @@ def evaluate_batch(engine, settings: EvaluationSettings, images: torch.Tensor, m
         row = {"participant_id": session.participant_id, "session_id": session.session_id, "element": int(element),
                "target": int(target), "probabilities": {}, "outputs": {}}
         generator = torch.Generator().manual_seed(sample_seed(session, element))
-        replaced = baseline(image, perturbation(settings))  # once for every curve of the image
+        replaced = baseline(image, perturbing)  # once for every curve of the image
+        rankings = {}  # a map's ranking serves its deletion and insertion curves (a random one is drawn for each)
         for kind, order, direction in settings.curves:
             name = curve_name(kind, order, direction)
-            position = ranking(map_, order, direction, generator)
-            result = curve(engine.outputs, image, position, int(target), kind, perturbation(settings), generator,
-                           replaced)
+            if order == "random" or (order, direction) not in rankings:
+                rankings[order, direction] = ranking(map_, order, direction, generator)
+            result = curve(engine.outputs, image, rankings[order, direction], int(target), kind, perturbing,
+                           generator, replaced)
             row["probabilities"][name] = (result.probabilities.tolist() if classification
                                           else [math.nan] * len(result.outputs))
             row["outputs"][name] = result.outputs.tolist()

@@ -25,9 +25,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-ORDERS = ("map", "abs", "random")
+from ..config import EVALUATION_ORDERS as ORDERS, EVALUATION_REPLACEMENTS as REPLACEMENTS  # the options' choices
+
 DIRECTIONS = ("morf", "lerf")
-REPLACEMENTS = ("constant", "blur", "road")
 KINDS = ("deletion", "insertion")
 
 Model = Callable[[torch.Tensor], torch.Tensor]  # a batch (B, C, *spatial) -> outputs (B, n_outputs)

@@ -31,6 +31,12 @@ TSV, SUMMARY, CURVES, PNG, JSON = ("evaluation.tsv", "evaluation_summary.tsv", "
                                    "evaluation.png", "evaluation.json")
 
 
+def has_probability(maps) -> bool:
+    """Whether the network's target output has a probability (a classifier's); a regression's curves are its
+    outputs only."""
+    return maps.params.get("network_task") != "regression"
+
+
 def auc(values: list[float], fractions: torch.Tensor) -> float:
     return float(torch.trapezoid(torch.tensor(values, dtype=torch.float64), fractions))
 
@@ -86,9 +92,7 @@ def write_evaluation(plan, data_pass, folder: Path, rows: list[dict], n_voxels: 
     writers.write_tsv(folder / SUMMARY, ["measure", "n", "mean", "std"],
                       [{"measure": k, "n": str(n), "mean": _number(m), "std": _number(s)}
                        for k, (n, m, s) in summary.items()])
-    # a regression network has no probability (analysis/evaluation.py): its curves are its outputs
-    kind = "probability" if any(not math.isnan(v) for row in rows[:1] for v in row["probabilities"][names[0]]) \
-        else "output"
+    kind = "probability" if has_probability(plan.maps) else "output"
     curves = {}
     for name in names:
         stack = torch.tensor([row["probabilities" if kind == "probability" else "outputs"][name] for row in rows],

@@ -233,14 +233,14 @@ def subset_sizes(folder: Path) -> dict[tuple[str, str], int]:
     return {(r.statistic, r.subset): int(r.n_maps) for r in rows.itertuples()}
 
 
-def map_affine(plan, data_pass, statistic_map: torch.Tensor) -> np.ndarray:
-    """The drawn map's voxel-to-world affine: its NIfTI file's (results.placement), the identity without a
-    source NIfTI image."""
+def map_affine(plan, data_pass) -> np.ndarray:
+    """The voxel-to-world affine of a pass's drawn maps: their NIfTI files' (results.placement), the identity
+    without a source NIfTI image."""
     from . import results
 
     element = 0 if plan.maps.mode == "image" else None
     where = results.placement(plan, data_pass, element, results.group_reference(data_pass))
-    return np.eye(4) if where is None else where.nifti(statistic_map)[1]
+    return np.eye(4) if where is None else where.affine
 
 
 def draw_run(plan, folders: list[tuple]) -> None:
@@ -251,13 +251,14 @@ def draw_run(plan, folders: list[tuple]) -> None:
     mode = plan.maps.mode
     figures = {folder: maps_to_draw(folder, mode) for _, _, folder in folders}
     scales = colour_scales([f for listing in figures.values() for f in listing])
-    backgrounds = {}  # per pass: its jobs share the sessions
+    backgrounds = {}  # per pass: its jobs share the sessions, and so the background and the maps' space
     display_mode = plan.output.figure_display
     for data_pass, job, folder in folders:
         signals.check()
         if id(data_pass) not in backgrounds:
-            backgrounds[id(data_pass)] = mean_input(data_pass, plan.maps.params, mode)
-        background = backgrounds[id(data_pass)]
+            backgrounds[id(data_pass)] = mean_input(data_pass, plan.maps.params, mode), map_affine(plan, data_pass)
+        background, affine = backgrounds[id(data_pass)]
+        world = in_world(affine)
         sizes = subset_sizes(folder)
         drawn = []
         for figure in figures[folder]:
@@ -269,16 +270,15 @@ def draw_run(plan, folders: list[tuple]) -> None:
                 log.warning("%s: shape %s differs from the images' %s; not drawn", figure.map_file,
                             tuple(map_.shape), tuple(background.shape))
                 continue
-            affine = map_affine(plan, data_pass, map_)
             png = figure.map_file.with_suffix(".png")
+            heading = title(plan, job, figure)
             writers.atomic_write_bytes(png, draw(map_, background, affine, scales[figure.statistic],
-                                                 figure.statistic, title(plan, job, figure), display_mode))
+                                                 figure.statistic, heading, display_mode))
             glass = None
-            if figure.statistic in SIGNED and in_world(affine):
+            if figure.statistic in SIGNED and world:
                 glass = png.with_name(png.stem + GLASS_SUFFIX + ".png")
-                writers.atomic_write_bytes(glass, draw_glass_brain(map_, affine, scales[figure.statistic],
-                                                                   title(plan, job, figure)))
-            drawn.append(Drawn(figure, png, glass, peak_mm(map_[0].numpy(), affine), in_world(affine)))
+                writers.atomic_write_bytes(glass, draw_glass_brain(map_, affine, scales[figure.statistic], heading))
+            drawn.append(Drawn(figure, png, glass, peak_mm(map_[0].numpy(), affine), world))
         _write_index(plan, data_pass, job, folder, drawn, scales)
         _refresh_outputs(folder)
     log.info("figures: %d drawn, colour scales %s", sum(len(f) for f in figures.values()),
@@ -286,7 +286,8 @@ def draw_run(plan, folders: list[tuple]) -> None:
 
 
 def scale_range(statistic: str, scale: float) -> list[float]:
-    return [-scale, scale] if statistic in SIGNED else [0.0, scale]
+    colours = _colours(statistic, scale)
+    return [colours["vmin"], colours["vmax"]]
 
 
 def coordinates(drawn: Drawn) -> str:
@@ -299,7 +300,7 @@ def _write_index(plan, data_pass, job, folder: Path, drawn: list[Drawn], scales:
     n_background = min(BACKGROUND_SESSIONS, len(data_pass.sessions))
     writers.write_json(folder / FIGURES_FILE, {
         "colour_scales": {k: scale_range(k, v) for k, v in scales.items()},
-        "colour_maps": {k: DIVERGING if k in SIGNED else SEQUENTIAL for k in scales},
+        "colour_maps": {k: _colours(k, v)["cmap"] for k, v in scales.items()},
         "percentile": PERCENTILE, "transparent_below": TRANSPARENT_BELOW, "display": output.figure_display,
         "background": f"mean input image of the first {n_background} session(s)",
         "figures": [{"file": d.png.name, "map": d.figure.map_file.name, "statistic": d.figure.statistic,

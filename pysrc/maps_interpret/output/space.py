@@ -133,12 +133,23 @@ class Placement:
     reduction: Optional[int]
     source: Reference
 
+    @property
+    def on_image_grid(self) -> bool:
+        """Whether the map is written on the whole image grid: a map of it (`to_image`'s), or a region whose crop
+        is no box (a mask whose projection has gaps, e.g. left and right hippocampus in one mask), which no
+        affine can place."""
+        return self.element is None or not box(self.layout.region(self.element, self.image_shape))
+
+    @property
+    def affine(self) -> np.ndarray:
+        """The voxel-to-world affine of the map's NIfTI file."""
+        if self.on_image_grid:
+            return self.source.affine
+        return self.source.affine @ to_image_voxels(self.layout, self.element, self.image_shape, self.reduction)
+
     def nifti(self, map_: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """(voxels, affine) of the map's NIfTI file. A region whose crop is no box (a mask whose projection has
-        gaps, e.g. left and right hippocampus in one mask) has no affine: its map is written on the whole image
-        grid instead, as `to_image` places it."""
-        if self.element is not None and not box(self.layout.region(self.element, self.image_shape)):
-            return to_image(self.layout, {self.element: map_}, self.image_shape)[0].numpy(), self.source.affine
+        """(voxels, affine) of the map's NIfTI file (a region that is no box: on the whole image grid)."""
+        if self.element is not None and self.on_image_grid:
+            return to_image(self.layout, {self.element: map_}, self.image_shape)[0].numpy(), self.affine
         volume = map_[0] if self.element is None else element_volume(self.layout, map_)
-        affine = self.source.affine @ to_image_voxels(self.layout, self.element, self.image_shape, self.reduction)
-        return volume.numpy(), affine
+        return volume.numpy(), self.affine

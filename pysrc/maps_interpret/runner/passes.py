@@ -19,6 +19,7 @@ from ..engine.partials import Partial
 from ..errors import MapsInterpretError, first_line
 from ..interpreter import Interpreter, sample_inputs
 from ..output import results, writers
+from ..output.evaluation import has_probability
 from ..output.staging import Staging
 from .. import signals
 from . import checkpoints
@@ -101,7 +102,7 @@ def run_shard(plan, index: int, data_pass, staging: Staging, checkpoint: checkpo
 
     evaluate = plan.evaluation.enabled
     masks = element_masks(plan, data_pass) if evaluate else None
-    classification = maps.params.get("network_task") != "regression"  # a regression output has no probability
+    classification = has_probability(maps)
 
     label_code = maps.params.get("label_code")
     subset_of = ({name: index for index, name in enumerate(data_pass.subsets)} if settings.group_by == "given"

@@ -133,10 +133,10 @@ def _evaluation(plan, data_pass, job, partial: Partial, folder: Path) -> None:
         return
     import math
 
-    from ..output.evaluation import write_evaluation
+    from ..output.evaluation import has_probability, write_evaluation
 
     summary = write_evaluation(plan, data_pass, folder, partial.evaluations, math.prod(partial.sums.shape[2:]))
-    regression = plan.maps.params.get("network_task") == "regression"  # areas under the output, not a probability
+    regression = not has_probability(plan.maps)  # areas under the output, not a probability
     suffix = "_auc_output" if regression else "_auc"
     aucs = ", ".join(f"{name[len('deletion_'):-len(suffix)]} {mean:.3f}" for name, (_, mean, _) in summary.items()
                      if name.startswith("deletion") and name.endswith(suffix))
