@@ -106,7 +106,8 @@ Engine::Engine(const torch::jit::Module& model, EngineOptions options)
       amp_(parse_amp(options_.amp)),
       model_(model.clone()),  // own copy: moving it to the device leaves the caller's intact
       sums_(options_.statistics),
-      subsets_(options_.statistics) {
+      subsets_(options_.statistics),
+      forward_(amp_) {
   model_.to(device_);
   model_.eval();
   // Frozen weights: autograd then computes the input gradient only, never weight gradients.
@@ -231,14 +232,7 @@ at::Tensor Engine::outputs(const at::Tensor& batch) {
   check_batch(batch);
   std::lock_guard<std::mutex> lock(mutex_);
   const CudaPolicy policy(device_.is_cuda(), options_.deterministic, !amp_.has_value());
-  const at::Tensor x = batch.to(device_, at::kFloat, /*non_blocking=*/true);
-  torch::NoGradGuard no_grad;
-  at::Tensor output;
-  {
-    AutocastGuard autocast(device_.type(), amp_);
-    output = checked_output(model_.forward({x}).toTensor(), x.size(0));
-  }
-  return output.to(at::kFloat);
+  return forward_(model_, batch.to(device_, at::kFloat, /*non_blocking=*/true));
 }
 
 std::vector<int64_t> Engine::last_subsets() const {

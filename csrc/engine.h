@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "methods/forward.h"
 #include "methods/method.h"
 #include "stats.h"
 
@@ -66,7 +67,7 @@ class Engine {
 
   // The model's outputs (B, n_outputs) for `batch`, forward only (no graph kept), float32, on the engine's device,
   // under its amp and device policy; no sums are touched. What the evaluation's perturbed copies go through
-  // (analysis/faithfulness.py).
+  // (analysis/faithfulness.py). On a CPU, volumes go channels-last (methods/forward.h).
   at::Tensor outputs(const at::Tensor& batch);
 
   // The element ids this engine will see (from the plan): their sums are allocated once.
@@ -115,6 +116,7 @@ class Engine {
   std::vector<int64_t> last_subsets_;
   at::Tensor zeros_;        // on the device: no synchronisation per batch
   int64_t values_ = 0;
+  ForwardPass forward_;  // outputs(): channels-last volumes on a CPU (methods/forward.h)
   mutable std::mutex mutex_;  // Python threads may call in parallel (the GIL is released)
 };
 

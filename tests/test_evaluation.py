@@ -26,7 +26,7 @@ from maps_interpret.interpreter import Interpreter, sample_seed
 from maps_interpret.models import load_model
 from maps_interpret.maps import open_maps
 from maps_interpret.settings import engine_settings
-from maps_interpret.synthetic import LABEL_CODE, PLANTED_MASK, build_demo, tensor_path, train
+from maps_interpret.synthetic import LABEL_CODE, PLANTED_MASK, PLANTED_ROI, build_demo, tensor_path, train
 
 RUN = ["--no-gpu", "-np", "0", "--selection_metrics", "loss"]
 MASK = f"data/{PLANTED_MASK}"
@@ -49,6 +49,29 @@ def test_the_engines_forward_pass_is_the_models():
     with torch.no_grad():
         assert torch.allclose(engine.outputs(batch), model(batch), atol=1e-6)
     assert not engine.outputs(batch).requires_grad
+
+
+class _Viewing(torch.nn.Module):
+    """A model whose forward views its feature map: fails on a channels-last volume."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(1, 3, 3)
+
+    def forward(self, x):
+        score = self.conv(x).view(x.size(0), -1).mean(1, keepdim=True)
+        return torch.cat([score, -score], 1)
+
+
+def test_a_model_that_refuses_channels_last_volumes_gets_them_contiguous():
+    model = _Viewing().eval()
+    engine = Interpreter(model).engine(engine_settings("gradients"))
+    batch = torch.rand(2, 1, 9, 8, 7)
+    with pytest.raises(RuntimeError, match="view"):
+        model(batch.to(memory_format=torch.channels_last_3d))
+    for _ in range(2):  # the refused layout, then the remembered choice
+        with torch.no_grad():
+            assert torch.allclose(engine.outputs(batch), model(batch), atol=1e-6)
 
 
 def test_each_row_is_the_python_twins_on_the_same_image(demo):
@@ -77,12 +100,15 @@ def test_each_row_is_the_python_twins_on_the_same_image(demo):
             return interpreter.model(batch)
 
     generator = torch.Generator().manual_seed(sample_seed(session, 0))
-    expected = {}  # in the run's order (the generator's draws): deletion then insertion, map then random
+    positions = {order: ranking(map_, order, "morf", generator) for order in ("map", "random")}  # the run's draws
+    expected = {}
     for kind in ("deletion", "insertion"):
         for order in ("map", "random"):
-            position = ranking(map_, order, "morf", generator)
-            expected[f"{kind}_{order}"] = curve(model, image, position, 1, kind, Perturbation(steps=5, replacement="blur"),
-                                                generator)
+            position = positions[order]
+            if kind == "insertion" and order == "random":  # voxels put back in the reverse of the random deletion
+                position = position.numel() - 1 - position
+            expected[f"{kind}_{order}"] = curve(model, image, position, 1, kind,
+                                                Perturbation(steps=5, replacement="blur"))
     for name, result in expected.items():
         assert float(row[f"{name}_auc"]) == pytest.approx(result.auc(), abs=1e-5), name
         assert float(row[f"{name}_auc_output"]) == pytest.approx(result.auc(False), abs=1e-4), name
@@ -93,6 +119,51 @@ def test_each_row_is_the_python_twins_on_the_same_image(demo):
     curves = table(folder / "evaluation_curves.tsv")
     assert {c["curve"] for c in curves} == set(expected) and len(curves) == 4 * 6
     assert (folder / "evaluation.png").read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize("group_by", ["diagnosis", "predicted"])
+def test_group_by_gives_each_subset_its_summary_and_curves(demo, group_by):
+    assert main(["maps", "test", f"ev-{group_by}", "gradients", "--evaluate", "--evaluation_steps", "4",
+                 "--group_by", group_by, *RUN]) == 0
+    folder = demo / "maps" / "split-0" / "best-loss" / "test" / f"interpret-ev-{group_by}"
+    rows = table(folder / "evaluation.tsv")
+    members = {(r["participant_id"], r["session_id"]): r[group_by] for r in table(folder / "subsets.tsv")}
+    assert {(r["participant_id"], r["session_id"]): r[group_by] for r in rows} == members  # the maps' own subsets
+    names = sorted(set(members.values()))
+    summaries = table(folder / "evaluation_summary.tsv")
+    assert [r["subset"] for r in summaries if r["measure"] == "deletion_abs_auc"] == ["all", *names]
+    for name in ["all", *names]:
+        mine = [float(r["deletion_abs_auc"]) for r in rows if name in ("all", r[group_by])]
+        line = next(r for r in summaries if r["subset"] == name and r["measure"] == "deletion_abs_auc")
+        assert int(line["n"]) == len(mine) and float(line["mean"]) == pytest.approx(sum(mine) / len(mine), abs=1e-6)
+    curves = table(folder / "evaluation_curves.tsv")
+    assert sorted({r["subset"] for r in curves}) == sorted(["all", *names])
+    assert len(curves) == (1 + len(names)) * 4 * 5
+    record = json.loads((folder / "evaluation.json").read_text())
+    assert record["group_by"] == group_by and sorted(record["subsets"]) == names
+
+
+def test_a_region_of_the_caps_is_the_same_mask(demo, capsys):
+    """--evaluation_roi finds the region's mask where ClinicaDL's roi mode finds its masks (the demo's CAPS holds
+    the planted region, `roi-planted`): the same rows as the mask given by path; an unknown region lists those
+    there."""
+    folder = demo / "data" / "caps" / "masks" / "tpl-MNI152NLin2009cSym"  # the demo's CAPS holds the planted region
+    assert (nib.load(folder / PLANTED_ROI).get_fdata() == nib.load(MASK).get_fdata()).all()
+    common = ["--evaluate", "--evaluation_steps", "2", "--evaluation_orders", "abs", *RUN]
+    assert main(["maps", "test", "by-path", "gradients", "--evaluation_mask", MASK, *common]) == 0
+    assert main(["maps", "test", "by-name", "gradients", "--evaluation_roi", "planted", *common]) == 0
+    results = demo / "maps" / "split-0" / "best-loss" / "test"
+    assert table(results / "interpret-by-name" / "evaluation.tsv") == table(results / "interpret-by-path" /
+                                                                             "evaluation.tsv")
+    record = json.loads((results / "interpret-by-name" / "evaluation.json").read_text())
+    assert record["roi"] == "planted" and record["mask"].endswith("_roi-planted_mask.nii.gz")
+    capsys.readouterr()
+    assert main(["maps", "test", "none", "gradients", "--evaluation_roi", "amygdala", *common]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--evaluation_roi: no mask for region 'amygdala'" in err[0] and "there: planted" in err[0]
+    assert main(["maps", "test", "both", "gradients", "--evaluation_roi", "planted", "--evaluation_mask", MASK,
+                 *common]) == 2
+    assert "both name the region" in capsys.readouterr().err
 
 
 def test_refusals_are_one_line(demo, capsys):

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from maps_interpret.analysis.faithfulness import Perturbation, blurred, curve, ranking, road_imputed
+from maps_interpret.analysis.faithfulness import Perturbation, blurred, curve, curves, ranking, road_imputed
+from maps_interpret.settings import step_counts
 
 SHAPE = (1, 6, 5, 4)
 
@@ -48,7 +49,8 @@ def test_equal_to_a_plain_loop_whatever_the_chunk(kind, order, direction):
         assert torch.allclose(got.outputs, expected, atol=1e-6)
         assert torch.allclose(got.probabilities, torch.sigmoid(2 * expected), atol=1e-6)
         n = position.numel()  # the share actually removed at each step: whole voxels
-        assert torch.allclose(got.fractions, torch.tensor([round(k * n / 7) / n for k in range(8)], dtype=torch.float64))
+        shares = torch.tensor([round(k * n / 7) / n for k in range(8)], dtype=torch.float64)
+        assert torch.allclose(got.fractions, shares)
 
 
 def test_known_answers_on_a_linear_model():
@@ -72,6 +74,54 @@ def test_known_answers_on_a_linear_model():
     # insertion puts back the largest terms first
     assert torch.allclose(insertion.outputs, torch.cat([torch.zeros(1), ordered.cumsum(0)]), atol=1e-5)
     assert insertion.auc(False) > rand.auc(False)
+
+
+REQUESTS = [(kind, order, direction) for direction in ("morf", "lerf") for kind in ("deletion", "insertion")
+            for order in ("abs", "map", "random") if not (direction == "lerf" and order == "random")]
+
+
+@pytest.mark.parametrize("replacement", ["constant", "blur", "road"])
+def test_shared_copies_give_each_curve_its_own_result(replacement):
+    """`curves` computes each perturbed copy once for all the curves: every curve equals the one `curve` computes
+    alone from its own order (least relevant first: most relevant first reversed; random insertion: the random
+    deletion's order reversed), and the forward passes are the distinct copies only."""
+    generator = torch.Generator().manual_seed(2)
+    image, weight = torch.rand(SHAPE, generator=generator), torch.randn(SHAPE, generator=generator)
+    weight[0, :2] = 0  # ties: the orders' ends must still match
+    linear, copies = linear_model(weight), []
+
+    def model(batch):
+        copies.append(len(batch))
+        return linear(batch)
+
+    map_ = weight * image
+    positions = {order: ranking(map_, order, "morf", torch.Generator().manual_seed(5))
+                 for order in ("abs", "map", "random")}
+    settings = Perturbation(steps=7, replacement=replacement, value=0.5, road_noise=0.0, chunk=3)
+    got = curves(model, image, positions, 0, REQUESTS, settings)
+    assert sum(copies) == 5 * (7 - 1) + 2  # abs and map from both ends, random from one; intact and replaced once
+    for kind, order, direction in REQUESTS:
+        position = positions[order]
+        if direction == "lerf" or (order == "random" and kind == "insertion"):
+            position = position.numel() - 1 - position
+        if direction == "lerf":
+            assert torch.equal(position, ranking(map_, order, "lerf"))
+        alone = curve(linear, image, position, 0, kind, settings)
+        assert torch.allclose(got[kind, order, direction].outputs, alone.outputs, atol=1e-6), (kind, order, direction)
+    copies.clear()
+    intact = linear(image.unsqueeze(0))[0]
+    again = curves(model, image, positions, 0, REQUESTS[:2], settings, intact=intact)
+    assert sum(copies) == 2 * (7 - 1) + 1  # the intact image's outputs given: not computed again
+    assert torch.allclose(again["deletion", "abs", "morf"].outputs, got["deletion", "abs", "morf"].outputs)
+
+
+def test_step_counts_are_whole_mirrored_and_rounded():
+    for n, steps in ((120, 7), (10, 4), (7, 2), (6, 4), (1, 3)):
+        counts = torch.tensor(step_counts(n, steps))
+        assert counts[0] == 0 and counts[-1] == n and bool((counts[1:] >= counts[:-1]).all())
+        mirrored = counts.flip(0) == n - counts  # but the middle step of an odd n in an even number of steps
+        assert bool(mirrored.all()) or (n % 2 and not steps % 2 and int((~mirrored).sum()) == 1)
+        assert all(abs(int(c) - k * n / steps) <= 0.5 for k, c in enumerate(counts))
 
 
 def test_blur_is_a_normalised_gaussian():

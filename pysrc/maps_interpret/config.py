@@ -170,6 +170,11 @@ class InterpretConfig:
         "--evaluation_mask", type=Path, metavar="NIFTI",
         help="--evaluate: a binary mask on the images' voxel grid (e.g. a region the disease affects): each map's "
              "relevance mass inside it, rank accuracy, AUROC and pointing game."))
+    evaluation_roi: Optional[str] = field(default=None, metadata=_opt(
+        "--evaluation_roi", type=str, metavar="NAME",
+        help="--evaluate: the mask of a region of the data group's CAPS instead of --evaluation_mask: "
+             "<caps>/masks/tpl-<template>/*_desc-Crop_*_roi-NAME_mask.nii* (where ClinicaDL's roi mode finds "
+             "its masks)."))
     deterministic: bool = field(default=False, metadata=_opt(
         "--deterministic", help="GPU: the same maps every run: deterministic cuDNN and torch algorithms, no "
                                 "autotuning, copies summed without atomic additions (slower; rounded otherwise)."))
@@ -256,7 +261,10 @@ def validate(config: InterpretConfig) -> None:
         raise UsageError("--merge_parts computes nothing and cannot be continued: remove --continue")
     if config.evaluation_steps < 1:
         raise UsageError(f"--evaluation_steps must be 1 or more, got {config.evaluation_steps}")
-    evaluation = {"--evaluation_mask": config.evaluation_mask is not None, "--evaluation_lerf": config.evaluation_lerf}
+    evaluation = {"--evaluation_mask": config.evaluation_mask is not None, "--evaluation_lerf": config.evaluation_lerf,
+                  "--evaluation_roi": config.evaluation_roi is not None}
+    if config.evaluation_mask is not None and config.evaluation_roi is not None:
+        raise UsageError("--evaluation_mask and --evaluation_roi both name the region: keep one")
     given = [name for name, used in evaluation.items() if used]
     if given and not config.evaluate:
         raise UsageError(f"{given[0]} is an option of --evaluate: add --evaluate")
@@ -306,7 +314,8 @@ RESULT_OPTIONS = {
     "noise_tunnel": "--noise_tunnel", "save_figures": "--save_figures", "sanity_check": "--sanity_check",
     "sanity_sessions": "--sanity_sessions", **{name: f"--{name}" for name in methods.PARAMETERS},
     **{name: f"--{name}" for name in ("evaluate", "evaluation_steps", "evaluation_orders", "evaluation_lerf",
-                                      "evaluation_replacement", "evaluation_value", "evaluation_mask")},
+                                      "evaluation_replacement", "evaluation_value", "evaluation_mask",
+                                      "evaluation_roi")},
 }
 
 

@@ -163,7 +163,8 @@ class EvaluationSettings:
     lerf: bool = False  # also least-relevant-first curves
     replacement: str = "blur"
     value: float = 0.0
-    mask: Optional[Path] = None
+    mask: Optional[Path] = None  # the region's NIfTI: --evaluation_mask, or --evaluation_roi's mask in the CAPS
+    roi: Optional[str] = None  # --evaluation_roi's name
 
     @property
     def curves(self) -> list[tuple[str, str, str]]:
@@ -175,3 +176,11 @@ class EvaluationSettings:
 
 def curve_name(kind: str, order: str, direction: str) -> str:
     return f"{kind}_{order}" + ("_lerf" if direction == "lerf" else "")
+
+
+def step_counts(n: int, steps: int) -> list[int]:
+    """Voxels removed at each of the steps + 1 steps: k n / K rounded half to even, mirrored (step K - k removes n
+    minus step k's; but the middle step when n is odd and K even), so a deletion's step and the mirrored
+    insertion's step remove the same voxels."""
+    first = [round(k * n / steps) for k in range(steps + 1)]
+    return [first[k] if 2 * k <= steps else n - first[steps - k] for k in range(steps + 1)]

@@ -27,6 +27,7 @@ from .synthetic2 import build_output2, training_continues
 from .models.conv import conv5_fc3
 
 PATTERN = "*space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz"
+PLANTED_ROI = "tpl-MNI152NLin2009cSym_desc-Crop_res-1x1x1_roi-planted_mask.nii.gz"  # the same, as a CAPS mask
 PLANTED_MASK = "planted_atrophy_mask.nii.gz"  # in DIR/data: where the AD subjects' atrophy is, on the images' grid
 # `make demo`: t1-linear's field of view in 3 mm voxels (a brain a reader recognises, a network trained on it in
 # seconds on a CPU), 40 training subjects (20 per split's training, 20 for its validation)
@@ -237,6 +238,7 @@ def build_demo(root: Path, shape: Sequence[int] = (32, 40, 32), n_train: int = 1
     write_tsv(data / "labels.tsv", train_sessions)
     write_tsv(data / "test.tsv", test_sessions)
     write_planted_mask(data / PLANTED_MASK, shape)
+    write_planted_mask(caps / "masks" / "tpl-MNI152NLin2009cSym" / PLANTED_ROI, shape)  # --evaluation_roi planted
     if regions:
         write_masks(caps, shape, regions)
     if preprocessing is not None and preprocessing.get("prepare_dl"):

@@ -20,10 +20,17 @@ import torch
 from ..errors import MapsInterpretError
 from ..interpreter import sample_seed
 from ..settings import EvaluationSettings, curve_name
-from .faithfulness import Perturbation, baseline, curve, ranking
+from .faithfulness import Perturbation, curves, ranking
 from .localisation import localisation
 
-CHUNK = 8  # perturbed copies per forward pass
+# Perturbed copies per forward pass: a GPU fills up with 8; a CPU runs a full-size volume as fast one or two at a
+# time as eight (measured: benchmarks/evaluation.py --chunk) with a quarter of the memory.
+CHUNK = {"cpu": 2}
+DEFAULT_CHUNK = 8
+
+
+def chunk_for(device) -> int:
+    return CHUNK.get(torch.device(device).type, DEFAULT_CHUNK)
 
 
 def element_masks(plan, data_pass) -> Optional[dict[int, torch.Tensor]]:
@@ -61,8 +68,9 @@ def element_masks(plan, data_pass) -> Optional[dict[int, torch.Tensor]]:
     return masks
 
 
-def perturbation(settings: EvaluationSettings) -> Perturbation:
-    return Perturbation(steps=settings.steps, replacement=settings.replacement, value=settings.value, chunk=CHUNK)
+def perturbation(settings: EvaluationSettings, device) -> Perturbation:
+    return Perturbation(steps=settings.steps, replacement=settings.replacement, value=settings.value,
+                        chunk=chunk_for(device))
 
 
 def evaluate_batch(engine, settings: EvaluationSettings, images: torch.Tensor, maps: torch.Tensor,
@@ -73,26 +81,22 @@ def evaluate_batch(engine, settings: EvaluationSettings, images: torch.Tensor, m
     curves are its outputs only (the probabilities NaN)."""
     mode = engine.settings.target_mode
     device = engine.device
-    perturbing = perturbation(settings)
+    perturbing = perturbation(settings, device)
     images = images.to(device)
-    if mode == "predicted":
-        predicted = engine.outputs(images).argmax(1).tolist()
+    intact = engine.outputs(images).detach()  # every curve's first deletion step, the whole batch at once
     rows = []
     for i, (session, element) in enumerate(zip(owners, element_ids)):
-        target = (targets[i] if mode == "given" else predicted[i] if mode == "predicted"
+        target = (targets[i] if mode == "given" else int(intact[i].argmax()) if mode == "predicted"
                   else engine.settings.target)
         image, map_ = images[i], maps[i].to(device)
         row = {"participant_id": session.participant_id, "session_id": session.session_id, "element": int(element),
                "target": int(target), "probabilities": {}, "outputs": {}}
         generator = torch.Generator().manual_seed(sample_seed(session, element))
-        replaced = baseline(image, perturbing)  # once for every curve of the image
-        rankings = {}  # a map's ranking serves its deletion and insertion curves (a random one is drawn for each)
-        for kind, order, direction in settings.curves:
+        positions = {order: ranking(map_, order, "morf", generator) for order in settings.orders}
+        results = curves(engine.outputs, image, positions, int(target), settings.curves, perturbing, generator,
+                         intact=intact[i])
+        for (kind, order, direction), result in results.items():
             name = curve_name(kind, order, direction)
-            if order == "random" or (order, direction) not in rankings:
-                rankings[order, direction] = ranking(map_, order, direction, generator)
-            result = curve(engine.outputs, image, rankings[order, direction], int(target), kind, perturbing,
-                           generator, replaced)
             row["probabilities"][name] = (result.probabilities.tolist() if classification
                                           else [math.nan] * len(result.outputs))
             row["outputs"][name] = result.outputs.tolist()

@@ -249,26 +249,30 @@ MASK_PATTERNS = {"t1-linear": "res-1x1x1", "pet-linear": "res-1x1x1", "flair-lin
 
 
 def find_masks(caps: Path, prep: dict) -> list[Path]:
-    """`<caps>/masks/tpl-<template>/*<pattern>*_roi-<name>_mask.nii*` with `_desc-Crop_` in the name, one
-    per name of `roi_list` (the first in sorted order when several match)."""
+    """The masks of roi mode, one per name of `roi_list` (`find_mask`)."""
+    roi_list = prep.get("roi_list")
+    if not roi_list:
+        raise MapsInterpretError("roi mode: maps.json preprocessing_dict has no roi_list")
+    return [find_mask(caps, prep, roi) for roi in roi_list]
+
+
+def find_mask(caps: Path, prep: dict, roi: str, who: str = "roi mode") -> Path:
+    """`<caps>/masks/tpl-<template>/*<pattern>*_roi-<roi>_mask.nii*` with `_desc-Crop_` in the name (the first in
+    sorted order when several match), as ClinicaDL's roi mode finds it; `who` starts the errors."""
     preprocessing = prep.get("preprocessing")
     template = prep.get("roi_custom_template") if preprocessing == "custom" else TEMPLATES.get(preprocessing)
     pattern = prep.get("roi_custom_mask_pattern") if preprocessing == "custom" else MASK_PATTERNS.get(preprocessing)
     if template is None:
-        raise MapsInterpretError(f"roi mode: no mask template for preprocessing {preprocessing!r} "
+        raise MapsInterpretError(f"{who}: no mask template for preprocessing {preprocessing!r} "
                                  "(set roi_custom_template in maps.json preprocessing_dict)")
-    roi_list = prep.get("roi_list")
-    if not roi_list:
-        raise MapsInterpretError("roi mode: maps.json preprocessing_dict has no roi_list")
     folder = caps / "masks" / f"tpl-{template}"
-    paths = []
-    for roi in roi_list:
-        candidates = sorted(p for p in folder.glob(f"*{pattern or ''}*_roi-{roi}_mask.nii*") if "_desc-Crop_" in p.name)
-        if not candidates:
-            raise MapsInterpretError(f"roi mode: no mask for region {roi!r} in {folder} (expected "
-                                     f"*{pattern or ''}*_roi-{roi}_mask.nii* with _desc-Crop_ in the name)")
-        paths.append(candidates[0])
-    return paths
+    candidates = sorted(p for p in folder.glob(f"*{pattern or ''}*_roi-{roi}_mask.nii*") if "_desc-Crop_" in p.name)
+    if not candidates:
+        known = sorted({p.name.split("_roi-")[1].split("_mask")[0] for p in folder.glob("*_roi-*_mask.nii*")})
+        raise MapsInterpretError(f"{who}: no mask for region {roi!r} in {folder} (expected "
+                                 f"*{pattern or ''}*_roi-{roi}_mask.nii* with _desc-Crop_ in the name; regions "
+                                 f"there: {', '.join(known) or 'none'})")
+    return candidates[0]
 
 
 def layout_for(prep: dict, caps: Optional[Path] = None):

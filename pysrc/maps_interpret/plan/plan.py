@@ -9,13 +9,13 @@ every split and metric, for instance), so each image is loaded and preprocessed 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..config import InterpretConfig, validate
 from ..data.caps import Session, find_sessions, load_tensor
 from ..data.dataset import SessionDataset
-from ..data.elements import layout_for
+from ..data.elements import find_mask, layout_for
 from ..data.transforms import Preprocess
 from ..errors import MapsInterpretError
 from ..maps import Maps, open_maps
@@ -159,8 +159,13 @@ def make_plan(config: InterpretConfig) -> Plan:
                                    subsets=subset_names(maps, config, sessions, definition),
                                    image_shape=tuple(first.shape))
         passes[key].jobs.append(Job(split, metric, model_file(maps, split, metric), output_dir))
-    return Plan(maps=maps, device=device, group=group, passes=list(passes.values()),
-                settings=resolve(config, engine, device))
+    settings = resolve(config, engine, device)
+    if config.evaluation_roi is not None:  # the region's mask in the group's (first) CAPS
+        caps = next(iter(passes.values())).caps
+        mask = find_mask(next(iter(caps.values())), prep if maps.generation == 1 else {"preprocessing": "t1-linear"},
+                         config.evaluation_roi, "--evaluation_roi")
+        settings = replace(settings, evaluation=replace(settings.evaluation, mask=mask.resolve()))
+    return Plan(maps=maps, device=device, group=group, passes=list(passes.values()), settings=settings)
 
 
 def data_pass2(maps, config: InterpretConfig, definition, caps: Path, where: Path, labelled: bool,

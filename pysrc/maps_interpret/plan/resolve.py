@@ -65,7 +65,7 @@ def resolve(config: InterpretConfig, engine: EngineSettings, device: str) -> Set
                                       orders=tuple(config.evaluation_orders), lerf=config.evaluation_lerf,
                                       replacement=config.evaluation_replacement, value=config.evaluation_value,
                                       mask=None if config.evaluation_mask is None
-                                      else Path(config.evaluation_mask).resolve()),
+                                      else Path(config.evaluation_mask).resolve(), roi=config.evaluation_roi),
         options=record(config),
         result_options=result_options(config, engine),
     )

@@ -127,6 +127,11 @@ def evaluation_section(found: list[Folder]) -> Optional[str]:
 
     rows = [[page.escape(m), *(page.escape(cell(f.evaluation["summary"].get(m))) for f in evaluated)]
             for m in measures]
+    column = evaluated[0].evaluation.get("group_by")  # --group_by: each subset's rows after the group's
+    for subset in dict.fromkeys(name for f in evaluated for name in f.evaluation.get("subsets") or {}):
+        rows += [[page.escape(f"{m} ({column} {subset})"),
+                  *(page.escape(cell((f.evaluation.get("subsets") or {}).get(subset, {}).get(m))) for f in evaluated)]
+                 for m in measures]
     first = evaluated[0].evaluation
     cells = [page.figure((f.path / "evaluation.png").read_bytes(), f"<b>{page.escape(f.label)}</b>",
                          "evaluation.png") for f in evaluated if (f.path / "evaluation.png").is_file()]

@@ -146,8 +146,12 @@ def run_shard(plan, index: int, data_pass, staging: Staging, checkpoint: checkpo
                         listing += [[s.participant_id, s.session_id, e, g]
                                     for s, e, g in zip(owners, batch.element_ids, engine.last_subsets())]
                     if evaluate:
-                        rows += evaluate_batch(engine, plan.evaluation, batch.images, maps_, owners,
-                                               batch.element_ids, targets, masks, classification)
+                        measured = evaluate_batch(engine, plan.evaluation, batch.images, maps_, owners,
+                                                  batch.element_ids, targets, masks, classification)
+                        if settings.group_by != "none":  # the per-subset summaries
+                            for row, subset in zip(measured, engine.last_subsets()):
+                                row["subset"] = int(subset)
+                        rows += measured
                 except EngineError as error:
                     hint = (f"; lower --batch_size (now {data.batch_size})"
                             if "out of memory" in str(error).lower() else "")
