@@ -3,6 +3,7 @@ written for clarity, as ClinicaDL's procedure reads, not for speed."""
 
 from __future__ import annotations
 
+import itertools
 from typing import Optional, Sequence
 
 import torch
@@ -28,7 +29,8 @@ def reference_grad_cam(model: nn.Module, batch: torch.Tensor, target: int, level
                        variant: str = "published") -> torch.Tensor:
     """Grad-CAM written out. "clinicadl" follows ClinicaDL 1.6.1's GradCam step by step (gradients averaged
     over dims [2, 3] only, mean over channels, no ReLU, align_corners=True); "published" is Selvaraju et
-    al. (mean over every spatial axis, weighted sum, ReLU), upsampled with align_corners=False."""
+    al. (mean over every spatial axis, weighted sum, ReLU), upsampled with align_corners=False; "plusplus" is
+    Grad-CAM++ (the channel weights from alpha-weighted positive gradients), upsampled as "published"."""
     layers = list(model.convolutions.children())
     cut = len(layers) if level is None or level >= len(layers) else level
     with torch.no_grad():
@@ -46,7 +48,13 @@ def reference_grad_cam(model: nn.Module, batch: torch.Tensor, target: int, level
         weights = torch.mean(grads, dim=[2, 3]).unsqueeze(2).unsqueeze(3)
         cam = torch.mean(features * weights, dim=1).unsqueeze(1)
         return nn.Upsample(batch.shape[2:], mode=mode, align_corners=True)(cam)
-    weights = grads.mean(dim=tuple(range(2, grads.dim())), keepdim=True)
+    axes = tuple(range(2, grads.dim()))
+    if variant == "plusplus":  # Grad-CAM++ (Chattopadhyay et al. 2018, eq. 19): alpha-weighted positive gradients
+        alpha = grads ** 2 / (2 * grads ** 2 + features.sum(dim=axes, keepdim=True) * grads ** 3 + 1e-6)
+        alpha = torch.where(grads != 0, alpha, torch.zeros_like(alpha))
+        weights = (torch.relu(grads) * alpha).sum(dim=axes, keepdim=True)
+    else:
+        weights = grads.mean(dim=axes, keepdim=True)
     cam = torch.relu((features * weights).sum(dim=1, keepdim=True))
     return nn.functional.interpolate(cam, size=batch.shape[2:], mode=mode, align_corners=False)
 
@@ -119,3 +127,44 @@ class ReferenceEngine:
 
     def means(self) -> dict[int, torch.Tensor]:
         return {k: s / self._counts[k] for k, s in sorted(self._sums.items())}
+
+
+def reference_occlusion(model: nn.Module, batch: torch.Tensor, targets, size: int, stride: int,
+                        baseline: float = 0.0) -> torch.Tensor:
+    """Occlusion as Captum defines it, one patch and one forward pass at a time: a patch of `size` voxels along
+    each spatial axis (every channel) at 0, stride, 2 stride, ... until it reaches the last voxel (cut at the
+    border) takes `baseline`; each voxel gets the mean of f(x) - f(occluded x) over the patches covering it."""
+    targets = [targets] * len(batch) if isinstance(targets, int) else list(targets)
+    spatial = batch.shape[2:]
+    starts = []
+    for n in spatial:  # patches along the axis until one covers its last voxel
+        axis = [0]
+        while axis[-1] + size < n:
+            axis.append(axis[-1] + stride)
+        starts.append(axis)
+    maps = torch.zeros(batch.shape, dtype=torch.float64)
+    covered = torch.zeros(spatial, dtype=torch.float64)
+    with torch.no_grad():
+        reference = model(batch).double()
+        for corner in itertools.product(*starts):
+            window = tuple(slice(c, min(c + size, n)) for c, n in zip(corner, spatial))
+            occluded = batch.clone()
+            occluded[(slice(None), slice(None), *window)] = baseline
+            drop = reference - model(occluded).double()
+            for i, target in enumerate(targets):
+                maps[(i, slice(None), *window)] += drop[i, target]
+            covered[window] += 1
+    return (maps / covered).float()
+
+
+def reference_lrp(model: nn.Module, batch: torch.Tensor, target: int,
+                  composite: str = "epsilon-plus-flat") -> torch.Tensor:
+    """LRP as the rewritten network's input gradient, in eager PyTorch (models/lrp.py; its rules against Zennit's
+    and tests/reference_lrp.py's: tests/test_lrp.py)."""
+    from maps_interpret.models.lrp import lrp_network
+
+    x = batch.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        output = lrp_network(model, composite)(x)
+        output.backward(torch.eye(output.shape[1])[[target] * len(batch)])
+    return x.grad.detach()

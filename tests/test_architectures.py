@@ -175,3 +175,41 @@ def test_output_count_of_a_network_without_linear_layer(monkeypatch):
     monkeypatch.setattr(models, "build_model", head_by_pooling)
     maps = SimpleNamespace(architecture="Conv5_FC3", input_size=[1, 9, 10, 11], generation=1)
     assert models.output_count(maps) == 4
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if "ignores_params" not in c["name"]], ids=lambda c: c["name"])
+def test_occlusion_grad_cam_plusplus_and_lrp_on_every_architecture(config):
+    """The methods of forward passes only (occlusion), of a feature map (Grad-CAM++) and of layer rules (LRP) on
+    each architecture, against their twins (tests/reference.py); LRP refuses, naming the layer, the networks no
+    rule covers (squeeze-excitation gates, InstanceNorm, torchvision's residual blocks)."""
+    from maps_interpret.interpreter import Interpreter
+    from reference import reference_grad_cam, reference_lrp, reference_occlusion
+
+    model = build(config)
+    shape = tuple(config["params"]["input_size"])
+    if config["architecture"] in ("ResNet3D", "SqueezeExcitationCNN"):  # fixed 169x208x179 networks: made smaller
+        first = next(i for i, layer in enumerate(model.fc) if isinstance(layer, nn.Linear))
+        model.fc[first] = nn.Linear(128, model.fc[first].out_features)  # 63^3: 1 voxel after the five poolings
+        shape = (1, 63, 63, 63)
+    model.load_state_dict(deterministic_state(model.state_dict(), 0))
+    model.eval()
+    batch = torch.rand((2, *shape), generator=torch.Generator().manual_seed(1))
+    size = max(1, min(shape[1:]) // 2)
+    occlusion = Interpreter(model).attribute(batch, "occlusion", 0, occlusion_size=size)
+    expected = reference_occlusion(model, batch, 0, size, size)
+    with torch.no_grad():  # drops are differences of outputs: rounded as the outputs are
+        scale = max(float(model(batch).abs().max()), float(expected.abs().max()))
+    assert torch.allclose(occlusion, expected, atol=1e-5 * scale)
+    cam = Interpreter(model).attribute(batch, "grad-cam++", 0)
+    expected = reference_grad_cam(model, batch, 0, None, "plusplus")
+    assert float((cam - expected).abs().max()) <= 1e-5 * max(float(expected.abs().max()), 1e-12)
+    refused = {"resnet18": "BasicBlock", "SqueezeExcitationCNN": "ResBlockSE", "instancenorm": "InstanceNorm"}
+    reason = next((layer for key, layer in refused.items() if key in config["architecture"] or key in config["name"]),
+                  None)
+    if reason is None:
+        relevance = Interpreter(model).attribute(batch, "lrp", 0)
+        expected = reference_lrp(model, batch, 0)
+        assert torch.allclose(relevance, expected, atol=1e-5 * float(expected.abs().max()))
+    else:
+        with pytest.raises(ValueError, match=f"lrp: .* is a {reason}.*: no LRP rule covers this layer"):
+            Interpreter(model).attribute(batch, "lrp", 0)

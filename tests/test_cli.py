@@ -71,7 +71,7 @@ def test_names_that_are_not_one_folder_are_refused(tmp_path, capsys, group, name
     assert "cannot be used as a file name" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["-sm", "loss"], ["occlusion"], ["--batch_size", "two"]])
+@pytest.mark.parametrize("argv", [["-sm", "loss"], ["deconvolution"], ["--batch_size", "two"]])
 def test_argparse_rejections_exit_2(tmp_path, argv):
     with pytest.raises(SystemExit) as exit_:
         main([str(tmp_path), "test", "name", *argv])
@@ -178,7 +178,7 @@ def test_readers_threads_processes_and_small_shared_memory_give_the_same_maps(de
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["lrp"], "argument METHOD: invalid choice: 'lrp' (choose from 'gradients', 'grad-cam'"),
+    (["deconvolution"], "argument METHOD: invalid choice: 'deconvolution' (choose from 'gradients', 'grad-cam'"),
     (["--target_node", "first"], "argument --target_node: expected an output node (0, 1, ...), label or predicted"),
     (["--num_parts", "2"], "--num_parts 2 needs --part_id I (0..1): which part this job computes"),
     (["--num_parts", "2", "--part_id", "1", "--merge_parts"], "--merge_parts combines every part: remove --part_id"),

@@ -60,8 +60,8 @@ def close(ours: torch.Tensor, reference: torch.Tensor, rtol: float = RTOL) -> bo
 
 # -- the interface ----------------------------------------------------------------------------------------------
 
-def test_the_registry_lists_the_four_methods():
-    assert _core.methods() == ["grad-cam", "gradients", "input-x-gradient", "integrated-gradients"]
+def test_the_registry_lists_the_five_methods():
+    assert _core.methods() == ["grad-cam", "gradients", "input-x-gradient", "integrated-gradients", "occlusion"]
 
 
 def test_the_import_time_checks_are_unchanged():
@@ -117,9 +117,9 @@ ERRORS = {
                                                target=4).attribute(b), "target node 4 is out of range"),
     "targets-count": (lambda s, b: engine(s, target_mode="given").attribute(b, [0, 1]),
                       "got 2 targets for a batch of 3"),
-    "unknown-method": (lambda s, b: engine(s, "lrp"),
-                       "unknown attribution method 'lrp': use one of grad-cam, gradients, input-x-gradient, "
-                       "integrated-gradients"),
+    "unknown-method": (lambda s, b: engine(s, "deconvolution"),
+                       "unknown attribution method 'deconvolution': use one of grad-cam, gradients, "
+                       "input-x-gradient, integrated-gradients, occlusion"),
     "missing-parameter": (lambda s, b: engine(s, "integrated-gradients", {"baseline": 0.0, "chunk_size": 0}),
                           "integrated-gradients needs parameter 'n_steps' (an integer)"),
     "float-for-int": (lambda s, b: engine(s, "integrated-gradients", {**IG, "n_steps": 2.5}),

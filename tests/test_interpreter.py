@@ -19,7 +19,7 @@ from maps_interpret.models.conv import conv5_fc3
 from maps_interpret.models.export import to_torchscript
 from maps_interpret.synthetic import tensor_path
 from reference import (reference_grad_cam, reference_gradients, reference_input_x_gradient,
-                       reference_integrated_gradients)
+                       reference_integrated_gradients, reference_lrp, reference_occlusion)
 
 SHAPE = (1, 12, 14, 12)
 
@@ -48,12 +48,18 @@ def test_every_method_of_the_table_on_tensors_in_memory(model, batch, device):
         "input-x-gradient": reference_input_x_gradient(model, batch, 1),
         "integrated-gradients": reference_integrated_gradients(model, batch, 1, 8),
         "grad-cam": reference_grad_cam(model, batch, 1, None, "published"),
+        "grad-cam++": reference_grad_cam(model, batch, 1, None, "plusplus"),
+        "occlusion": reference_occlusion(model, batch, 1, 5, 4),
+        "lrp": reference_lrp(model, batch, 1),
     }
     for name in METHODS:
-        parameters = {"n_steps": 8} if name == "integrated-gradients" else {}
+        parameters = ({"n_steps": 8} if name == "integrated-gradients" else
+                      {"occlusion_size": 5, "occlusion_stride": 4} if name == "occlusion" else {})
         maps = interpreter.attribute(batch.to(device), method=name, target=1, **parameters)
         assert maps.dtype == torch.float32 and maps.device.type == device
-        if name in expected:
+        if name == "occlusion":  # drops of the outputs: the outputs' float rounding, not the drops' scale
+            assert torch.allclose(maps.cpu(), expected[name], atol=1e-6), name
+        elif name in expected:
             assert close(maps, expected[name]), name
         else:  # smoothgrad: reproducible, and noise-free it is the gradient
             assert torch.equal(maps, interpreter.attribute(batch, method=name, target=1))
@@ -108,7 +114,7 @@ def test_a_torchscript_model_and_the_engine_errors(model, batch):
 
 def test_settings_errors_name_the_value(model, batch):
     interpreter = Interpreter(model)
-    for options, message in ((dict(method="lrp"), "METHOD 'lrp' is not supported: choose one of gradients"),
+    for options, message in ((dict(method="deconvolution"), "METHOD 'deconvolution' is not supported: choose one of gradients"),
                              (dict(n_steps=0, method="integrated-gradients"), "--n_steps must be at least 1"),
                              (dict(target="label"), "target must be an output node, a node per sample or 'predicted'"),
                              (dict(amp="float64"), "amp 'float64' is not one of")):
@@ -226,7 +232,8 @@ def test_deterministic_maps_are_the_same_run_after_run(model, batch, device):
     runs = [Interpreter(model, device) for _ in range(2)]
     for name in METHODS:
         parameters = {"n_steps": 5, "chunk_size": 4} if name == "integrated-gradients" else \
-            {"n_samples": 3, "chunk_size": 2} if name == "smoothgrad" else {}
+            {"n_samples": 3, "chunk_size": 2} if name == "smoothgrad" else \
+            {"occlusion_size": 6, "chunk_size": 5} if name == "occlusion" else {}
         first, second = (r.attribute(batch.to(device), method=name, target=1, deterministic=True, **parameters)
                          for r in runs)
         assert torch.equal(first, second), name

@@ -35,7 +35,7 @@ def test_one_field_and_option_per_parameter_of_the_table():
      "--n_steps must be at least 1, got 0"),
     (dict(method="integrated-gradients", parameters=(("n_steps", 2.5), ("baseline", 0.0), ("chunk_size", 0))),
      "--n_steps must be an integer, got 2.5"),
-    (dict(method="occlusion"), "METHOD 'occlusion' is not supported"),
+    (dict(method="deconvolution"), "METHOD 'deconvolution' is not supported"),
     (dict(target_mode="label"), "target mode 'label' is not one of"),
     (dict(amp="half"), "amp 'half' is not one of"),
 ])

@@ -1,6 +1,6 @@
-// Grad-CAM: class activation maps from the gradient of one output node w.r.t. a feature map. The model must
-// have `trunk` (input -> feature map) and `head` (feature map -> outputs) submodules
-// (models/export.py: to_torchscript_cam). Parameter: variant, "published" or "clinicadl".
+// Grad-CAM and Grad-CAM++: class activation maps from the gradient of one output node w.r.t. a feature map. The
+// model must have `trunk` (input -> feature map) and `head` (feature map -> outputs) submodules
+// (models/export.py: to_torchscript_cam). Parameter: variant, "published", "clinicadl" or "plusplus".
 #include <torch/csrc/autograd/autograd.h>
 
 #include "autocast.h"
@@ -13,12 +13,14 @@ namespace {
 enum class CamVariant {
   kPublished,  // Selvaraju et al.: channel weights = gradient mean over all spatial axes, weighted sum, ReLU
   kClinicaDL,  // ClinicaDL 1.6.1: mean over the first two spatial axes only, mean over channels, no ReLU
+  kPlusPlus,   // Chattopadhyay et al. 2018: each position's positive gradient weighted by alpha (their eq. 19)
 };
 
 CamVariant parse_variant(const std::string& variant) {
   if (variant == "published") return CamVariant::kPublished;
   if (variant == "clinicadl") return CamVariant::kClinicaDL;
-  TORCH_CHECK(false, "unknown Grad-CAM variant '", variant, "': use published or clinicadl");
+  if (variant == "plusplus") return CamVariant::kPlusPlus;
+  TORCH_CHECK(false, "unknown Grad-CAM variant '", variant, "': use published, clinicadl or plusplus");
 }
 
 // `targets` (B,) int64 the output node of each sample. Returns (B, 1, *spatial) float32 maps upsampled to the
@@ -61,7 +63,17 @@ at::Tensor grad_cam(torch::jit::Module& trunk, torch::jit::Module& head, const a
   } else {
     std::vector<int64_t> axes;
     for (int64_t d = 2; d < grads.dim(); ++d) axes.push_back(d);
-    at::Tensor weights = grads.mean(axes, /*keepdim=*/true);
+    at::Tensor weights;
+    if (variant == CamVariant::kPlusPlus) {
+      // alpha = g^2 / (2 g^2 + sum(A) g^3), 0 where g is 0; the gradient of the score itself, not of exp(score)
+      // (as pytorch-grad-cam and the authors' code compute it); the same 1e-6 in the denominator.
+      const at::Tensor square = grads * grads;
+      at::Tensor alpha = square / (2 * square + features.sum(axes, /*keepdim=*/true) * square * grads + 1e-6);
+      alpha = at::where(grads != 0, alpha, at::zeros_like(alpha));
+      weights = (at::relu(grads) * alpha).sum(axes, /*keepdim=*/true);
+    } else {
+      weights = grads.mean(axes, /*keepdim=*/true);
+    }
     cam = at::relu((features * weights).sum(1, /*keepdim=*/true));
     align_corners = false;
   }

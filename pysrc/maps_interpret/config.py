@@ -53,7 +53,8 @@ def _with_method_parameters(cls):
             for parameter in methods.PARAMETERS.values():
                 annotations[parameter.name] = Optional[parameter.type] if parameter.optional else parameter.type
                 setattr(cls, parameter.name, field(default=parameter.default, metadata=_opt(
-                    f"--{parameter.name}", type=parameter.type, metavar=parameter.metavar, help=parameter.help)))
+                    f"--{parameter.name}", type=parameter.type, metavar=parameter.metavar, help=parameter.help,
+                    **({"choices": parameter.choices} if parameter.choices else {}))))
     cls.__annotations__ = annotations
     return cls
 

@@ -42,6 +42,10 @@ def export_model(model: Union[nn.Module, torch.jit.ScriptModule], settings: Engi
         model = deterministic_twin(model)  # torch has no deterministic CUDA backward for a global average pool
     if settings.row.export == "cam":  # the cut counts the original modules: no rewriting
         return to_torchscript_cam(model, settings.values.get("level_grad_cam"))
+    if settings.row.export == "lrp":  # a network whose input gradient is the relevance
+        from .models.lrp import lrp_network
+
+        return to_torchscript(lrp_network(model, settings.values["lrp_composite"]))
     return model if isinstance(model, torch.jit.ScriptModule) else to_torchscript(fuse_blocks(model))
 
 
@@ -77,7 +81,8 @@ class Interpreter:
 
     def export(self, settings: EngineSettings) -> torch.jit.ScriptModule:
         """The network as `settings`' method hands it to C++ (made once per kind of export)."""
-        key = (settings.row.export, settings.values.get("level_grad_cam"), settings.deterministic)
+        key = (settings.row.export, settings.values.get("level_grad_cam"), settings.values.get("lrp_composite"),
+               settings.deterministic)
         if key not in self._exports:
             self._exports[key] = export_model(self.model, settings)
         return self._exports[key]

@@ -19,6 +19,9 @@ from typing import Any, Callable, Mapping, Optional
 
 from .errors import UsageError
 
+# lrp's composites (models/lrp.py defines them; listed here, where no torch is imported, for the options).
+LRP_COMPOSITES = ("epsilon-plus-flat", "epsilon-alpha2-beta1-flat", "epsilon-plus", "epsilon-alpha2-beta1")
+
 
 @dataclass(frozen=True)
 class Parameter:
@@ -26,15 +29,20 @@ class Parameter:
     method reads (`EngineOptions.parameters[name]`)."""
 
     name: str
-    type: type  # int or float
+    type: type  # int, float or str
     default: Any
     metavar: str
     help: str
     minimum: Optional[float] = None  # smallest value allowed; None: any
     optional: bool = False  # None is allowed (and is the default)
+    choices: Optional[tuple] = None  # a str parameter's values
 
     def check(self, value: Any, error: type[Exception] = UsageError) -> None:
         if value is None and self.optional:
+            return
+        if self.type is str:
+            if value not in (self.choices or ()):
+                raise error(f"--{self.name} must be one of {', '.join(self.choices or ())}, got {value!r}")
             return
         numeric = (int,) if self.type is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, numeric):
@@ -51,14 +59,22 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
     Parameter("noise_level", float, 0.1, "F", "smoothgrad and --noise_tunnel: the noise's standard deviation as a "
               "fraction of each image's value range (default: 0.1).", minimum=0),
     Parameter("n_steps", int, 50, "N", "integrated-gradients: steps from the baseline (default: 50).", minimum=1),
-    Parameter("baseline", float, 0.0, "F", "integrated-gradients: the baseline image's constant value (default: 0, "
-              "a black image)."),
-    Parameter("chunk_size", int, 0, "N", "smoothgrad, integrated-gradients, --noise_tunnel: copies per forward "
-              "pass, the memory of one (default: --batch_size).", minimum=0),
+    Parameter("baseline", float, 0.0, "F", "integrated-gradients and occlusion: the baseline image's constant value "
+              "(default: 0, a black image); occlusion's patches take it."),
+    Parameter("chunk_size", int, 0, "N", "smoothgrad, integrated-gradients, occlusion, --noise_tunnel: copies per "
+              "forward pass, the memory of one (default: --batch_size).", minimum=0),
     Parameter("seed", int, 0, "N", "smoothgrad and --noise_tunnel: seed of the noise (default: 0); the same seed "
               "gives the same maps whatever the batches, ranks or parts."),
-    Parameter("level_grad_cam", int, None, "INT", "Grad-CAM: the feature map is taken after this many modules of "
-              "the network's `convolutions` (default: after all of them).", minimum=1, optional=True),
+    Parameter("occlusion_size", int, 16, "N", "occlusion: the patch's size in voxels along each spatial axis "
+              "(default: 16).", minimum=1),
+    Parameter("occlusion_stride", int, None, "N", "occlusion: how far the patch moves, at most its size "
+              "(default: the patch's size, patches side by side).", minimum=1, optional=True),
+    Parameter("lrp_composite", str, "epsilon-plus-flat", "NAME", "lrp: which rule each layer gets, as Zennit's "
+              "composite of that name: epsilon-plus-flat (default: z+ for convolutions, epsilon for dense layers, "
+              "flat for the first layer), epsilon-alpha2-beta1-flat, epsilon-plus, epsilon-alpha2-beta1.",
+              choices=LRP_COMPOSITES),
+    Parameter("level_grad_cam", int, None, "INT", "Grad-CAM and Grad-CAM++: the feature map is taken after this "
+              "many modules of the network's `convolutions` (default: after all of them).", minimum=1, optional=True),
 )}
 
 # What the noise tunnel reads (csrc/methods/noise_tunnel.cpp), whatever method it wraps.
@@ -87,12 +103,25 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            parameters=("level_grad_cam",), options=("compat",), export="cam", reference="Selvaraju et al. 2017",
            core_parameters=lambda values: {"variant": "clinicadl" if values.get("compat") == "clinicadl"
                                            else "published"}),
+    Method("grad-cam++", "Grad-CAM with each position's positive gradient weighted (alpha) instead of the mean "
+           "gradient", "grad-cam", parameters=("level_grad_cam",), export="cam",
+           reference="Chattopadhyay et al. 2018", core_parameters=lambda values: {"variant": "plusplus"}),
     Method("input-x-gradient", "the input times its gradient", "input-x-gradient", reference="Shrikumar et al. 2016"),
     Method("smoothgrad", "the gradient averaged over noisy copies of the image", "gradients", noise_tunnel=True,
            reference="Smilkov et al. 2017"),
     Method("integrated-gradients", "the gradient integrated along the path from a constant baseline, times the "
            "difference (the map sums to f(x) - f(baseline))", "integrated-gradients",
            parameters=("n_steps", "baseline", "chunk_size"), reference="Sundararajan et al. 2017"),
+    Method("lrp", "layer-wise relevance propagation: the target's relevance passed back layer by layer by "
+           "Zennit's composite rules", "gradients", parameters=("lrp_composite",), export="lrp",
+           reference="Bach et al. 2015; Montavon et al. 2019", core_parameters=lambda values: {}),
+    Method("occlusion", "the target output's drop when a patch of the image takes the baseline value, averaged "
+           "over the patches that cover each voxel (Captum's definition)", "occlusion",
+           parameters=("occlusion_size", "occlusion_stride", "baseline", "chunk_size"),
+           reference="Zeiler and Fergus 2014",
+           core_parameters=lambda values: {"occlusion_size": values["occlusion_size"],
+                                           "occlusion_stride": values["occlusion_stride"] or values["occlusion_size"],
+                                           "baseline": values["baseline"], "chunk_size": values["chunk_size"]}),
 )}
 DEFAULT_METHOD = "gradients"
 
@@ -117,6 +146,10 @@ def check_parameters(values: Mapping[str, Any], error: type[Exception] = UsageEr
         if name not in PARAMETERS:
             raise error(f"unknown method parameter {name!r}: the parameters are {', '.join(PARAMETERS)}")
         PARAMETERS[name].check(value, error)
+    size, stride = values.get("occlusion_size"), values.get("occlusion_stride")
+    if size is not None and stride is not None and stride > size:
+        raise error(f"--occlusion_stride {stride} is larger than --occlusion_size {size}: voxels between the "
+                    "patches would be left out; use a stride of at most the size")
 
 
 def check_noise_tunnel(row: Method, noise_tunnel: bool, error: type[Exception] = UsageError) -> None:
