@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from pathlib import Path
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the command sets it
 
 import torch  # noqa: E402
-from bench_table import device_name, publish  # noqa: E402  (benchmarks/, the script's folder)
+from bench_table import alternate, device_name, publish  # noqa: E402  (benchmarks/, the script's folder)
 
 from maps_interpret.analysis.evaluation import chunk_for  # noqa: E402
 from maps_interpret.analysis.faithfulness import Perturbation, blurred, curve, curves, ranking  # noqa: E402
@@ -101,13 +99,7 @@ def main() -> None:
                 f"engine forward alone, {passes} copies in chunks of {args.chunk} (the floor of one curve)": floor}
     ours(), floor()  # warm-up: first-call profiling of the TorchScript model
     agreement = max(abs(a - b) for x, y in zip(ours(), plain()) for a, b in zip(x, y))
-    seconds: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) for name, values in seconds.items()}
+    median = alternate(variants, args.repeats)
     names = list(variants)
     device = device_name(args.device)
     lines = [f"{device}; torch {torch.__version__}; Conv5_FC3 (random weights) on 1x{'x'.join(map(str, shape))}, "

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 import types
 import warnings
 from pathlib import Path
@@ -25,7 +23,7 @@ from pathlib import Path
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the command sets it
 
 import torch  # noqa: E402
-from bench_table import device_name, publish  # noqa: E402  (benchmarks/, the script's folder)
+from bench_table import alternate, device_name, publish  # noqa: E402  (benchmarks/, the script's folder)
 
 from maps_interpret.anatomy import subject  # noqa: E402
 from maps_interpret.data.transforms import min_max  # noqa: E402
@@ -82,13 +80,7 @@ def main() -> None:
                 f"Captum Occlusion (perturbations_per_eval={args.chunk})": captum,
                 f"MONAI OcclusionSensitivity (n_batch={args.chunk}, mode=0.0)": monai}
     agreement = float((ours() - captum()).abs().max())  # also the warm-up
-    seconds: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.repeats):
-        for name, run in variants.items():
-            start = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - start)
-    median = {name: statistics.median(values) for name, values in seconds.items()}
+    median = alternate(variants, args.repeats)
     names = list(variants)
     lines = [f"{device_name(args.device)}; torch {torch.__version__}; Conv5_FC3 (random weights) on "
              f"1x{'x'.join(map(str, shape))}; patches of {args.size} voxels, stride {args.stride}: {patches} "

@@ -113,3 +113,22 @@ def core_noises(seed: int, sample_seeds: list[int], copies: int, shape, device: 
     generators = [torch.Generator(device=device).manual_seed(splitmix(seed, s)) for s in sample_seeds]
     per_sample = [[torch.randn(shape, generator=g, device=device) for _ in range(copies)] for g in generators]
     return [torch.stack([per_sample[i][k] for i in range(len(sample_seeds))]) for k in range(copies)]
+
+
+def run_with_sanity_check_and_evaluation(root: Path, monkeypatch, name: str, method: list[str],
+                                         shape=(24, 28, 24)) -> tuple[Path, dict]:
+    """A small untrained demo in `root`, one run of `method` (the METHOD and its options) named `name` with the
+    sanity check, the evaluation and individual maps; returns split 0's folder and interpret.json's method."""
+    import json
+
+    from maps_interpret.cli import main
+    from maps_interpret.synthetic import build_demo
+
+    build_demo(root, shape=shape, n_train=4, n_test=2, trained=False)
+    monkeypatch.chdir(root)
+    assert main(["maps", "test", name, *method, "--sanity_check", "--sanity_sessions", "1", "--evaluate",
+                 "--evaluation_steps", "3", "--save_individual", "--participants_tsv", "data/test.tsv",
+                 "--caps_directory", "data/caps", "--no-gpu", "-np", "0", "--selection_metrics", "loss"]) == 0
+    folder = root / "maps" / "split-0" / "best-loss" / "test" / f"interpret-{name}"
+    assert (folder / "sanity_check.json").is_file() and (folder / "evaluation_summary.tsv").is_file()
+    return folder, json.loads((folder / "interpret.json").read_text())["method"]

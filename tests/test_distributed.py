@@ -232,3 +232,23 @@ def test_a_long_sanity_check_under_torchrun_never_meets_the_collective_time_limi
     for split in (0, 1):
         assert (root / "maps" / f"split-{split}" / "best-loss" / "test" / "interpret-slow" /
                 "sanity_check.json").is_file()
+
+
+@pytest.mark.parametrize("method", [["occlusion", "--occlusion_size", "4", "--chunk_size", "16"], ["grad-cam++"],
+                                    ["lrp", "--lrp_composite", "epsilon-alpha2-beta1-flat"]],
+                         ids=["occlusion", "grad-cam++", "lrp"])
+def test_the_forward_cam_and_rule_methods_under_torchrun_and_parts(demo, method):
+    """Occlusion's stream of occluded copies, Grad-CAM++'s feature maps and LRP's rewritten network, with group
+    statistics: torchrun and parts give the maps of one process."""
+    root, _ = demo
+    name = {"occlusion": "oc", "grad-cam++": "gp", "lrp": "lr"}[method[0]]
+    common = [*method, "--statistics", "--group_by", "diagnosis", *OPTIONS]
+    assert maps_interpret(root, "test", f"{name}1", *common).returncode == 0
+    result = maps_interpret(root, "test", f"{name}2", *common, ranks=2)
+    assert result.returncode == 0, result.stderr
+    assert_same_maps(outputs(root, f"{name}2"), outputs(root, f"{name}1"))
+    for part in (0, 1):
+        assert maps_interpret(root, "test", f"{name}3", *common, "--num_parts", "2", "--part_id",
+                              str(part)).returncode == 0
+    assert maps_interpret(root, "test", f"{name}3", *common, "--num_parts", "2", "--merge_parts").returncode == 0
+    assert_same_maps(outputs(root, f"{name}3"), outputs(root, f"{name}1"))

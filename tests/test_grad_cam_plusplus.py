@@ -2,12 +2,12 @@
 pytorch-grad-cam's GradCAMPlusPlus, the oracle: the same class activation map within 1e-5 (their weights and
 feature map, resized as maps-interpret resizes every CAM); their image is that map presented otherwise (each
 map rescaled to [0, 1] and resized by cubic-spline zoom, where maps-interpret keeps the map's values and resizes
-trilinearly, as its Grad-CAM does), shown by rebuilding their image from that map; from the command line with the sanity check and the evaluation."""
+trilinearly, as its Grad-CAM does), shown by rebuilding their image from that map; from the command line with
+the sanity check and the evaluation."""
 
 from __future__ import annotations
 
 import copy
-import json
 import sys
 import types
 from pathlib import Path
@@ -16,11 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from helpers import with_trained_batchnorm
-from maps_interpret.cli import main
+from helpers import run_with_sanity_check_and_evaluation, with_trained_batchnorm
 from maps_interpret.interpreter import Interpreter
 from maps_interpret.models.conv import conv5_fc3
-from maps_interpret.synthetic import build_demo
 from reference import reference_grad_cam
 
 SHAPE = (1, 24, 28, 24)
@@ -86,17 +84,8 @@ def test_equal_to_pytorch_grad_cam(level):
         assert torch.corrcoef(torch.stack([mine.flatten(), image.flatten()]))[0, 1] > 0.9
 
 
-RUN = ["--no-gpu", "-np", "0", "--selection_metrics", "loss"]
-
-
 def test_from_the_command_line_with_the_sanity_check_and_the_evaluation(tmp_path: Path, monkeypatch):
-    build_demo(tmp_path, shape=(24, 28, 24), n_train=4, n_test=2, trained=False)
-    monkeypatch.chdir(tmp_path)
-    assert main(["maps", "test", "cam", "grad-cam++", "--level_grad_cam", "8", "--sanity_check",
-                 "--sanity_sessions", "1", "--evaluate", "--evaluation_steps", "3", "--save_individual",
-                 "--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps", *RUN]) == 0
-    folder = tmp_path / "maps" / "split-0" / "best-loss" / "test" / "interpret-cam"
-    method = json.loads((folder / "interpret.json").read_text())["method"]
+    folder, method = run_with_sanity_check_and_evaluation(tmp_path, monkeypatch, "cam",
+                                                          ["grad-cam++", "--level_grad_cam", "8"])
     assert (method["name"], method["level_grad_cam"]) == ("grad-cam++", 8)
-    assert (folder / "sanity_check.json").is_file() and (folder / "evaluation_summary.tsv").is_file()
     assert len(list(folder.glob("sub-*_image-0_map.pt"))) == 3

@@ -6,18 +6,16 @@ networks; the refusals; from the command line with the sanity check and the eval
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 import reference_lrp as ref
-from maps_interpret.cli import main
+from helpers import run_with_sanity_check_and_evaluation
 from maps_interpret.interpreter import Interpreter
 from maps_interpret.methods import LRP_COMPOSITES
 from maps_interpret.models.lrp import lrp_network
-from maps_interpret.synthetic import build_demo
 from test_lrp_zennit import assert_same_maps, networks, zennit, zennit_composite, zennit_lrp  # noqa: F401
 
 FIRST_READERS = {"resnet3d": ["convolutions.0.0.shortcut.0"]}  # layers that also read the image
@@ -71,16 +69,7 @@ def test_refusals():
         Interpreter(instance).attribute(torch.rand(1, 1, 6, 6, 6), "lrp", lrp_composite="epsilon")
 
 
-RUN = ["--no-gpu", "-np", "0", "--selection_metrics", "loss"]
-
-
 def test_from_the_command_line_with_the_sanity_check_and_the_evaluation(tmp_path: Path, monkeypatch):
-    build_demo(tmp_path, shape=(24, 28, 24), n_train=4, n_test=2, trained=False)
-    monkeypatch.chdir(tmp_path)
-    assert main(["maps", "test", "lrp", "lrp", "--lrp_composite", "epsilon-alpha2-beta1-flat", "--sanity_check",
-                 "--sanity_sessions", "1", "--evaluate", "--evaluation_steps", "3", "--participants_tsv",
-                 "data/test.tsv", "--caps_directory", "data/caps", *RUN]) == 0
-    folder = tmp_path / "maps" / "split-0" / "best-loss" / "test" / "interpret-lrp"
-    method = json.loads((folder / "interpret.json").read_text())["method"]
+    _, method = run_with_sanity_check_and_evaluation(tmp_path, monkeypatch, "lrp",
+                                                     ["lrp", "--lrp_composite", "epsilon-alpha2-beta1-flat"])
     assert (method["name"], method["lrp_composite"]) == ("lrp", "epsilon-alpha2-beta1-flat")
-    assert (folder / "sanity_check.json").is_file() and (folder / "evaluation_summary.tsv").is_file()

@@ -5,7 +5,6 @@ evaluation."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,8 @@ from maps_interpret.cli import main
 from maps_interpret.interpreter import Interpreter
 from maps_interpret.models.conv import conv5_fc3
 from maps_interpret.data.caps import load_tensor
-from maps_interpret.synthetic import build_demo, tensor_path
+from maps_interpret.synthetic import tensor_path
+from helpers import run_with_sanity_check_and_evaluation
 from reference import reference_occlusion
 
 
@@ -77,25 +77,17 @@ def test_refusals():
         Interpreter(model).attribute(batch, "occlusion", occlusion_size=21)
 
 
-RUN = ["--no-gpu", "-np", "0", "--selection_metrics", "loss"]
-
-
 def test_from_the_command_line_with_the_sanity_check_and_the_evaluation(tmp_path: Path, monkeypatch, capsys):
-    build_demo(tmp_path, shape=(16, 18, 14), n_train=4, n_test=2, trained=False)
-    monkeypatch.chdir(tmp_path)
-    group = ["--participants_tsv", "data/test.tsv", "--caps_directory", "data/caps"]
-    assert main(["maps", "test", "occ", "occlusion", "--occlusion_size", "6", "--occlusion_stride", "4",
-                 "--baseline", "0.1", "--sanity_check", "--sanity_sessions", "1", "--evaluate",
-                 "--evaluation_steps", "3", "--save_individual", *group, *RUN]) == 0
-    folder = tmp_path / "maps" / "split-0" / "best-loss" / "test" / "interpret-occ"
-    method = json.loads((folder / "interpret.json").read_text())["method"]
+    folder, method = run_with_sanity_check_and_evaluation(
+        tmp_path, monkeypatch, "occ", ["occlusion", "--occlusion_size", "6", "--occlusion_stride", "4", "--baseline",
+                                       "0.1"], shape=(16, 18, 14))
     assert (method["name"], method["occlusion_size"], method["occlusion_stride"], method["baseline"]) == (
         "occlusion", 6, 4, 0.1)
-    assert (folder / "sanity_check.json").is_file() and (folder / "evaluation_summary.tsv").is_file()
     interpreter = Interpreter.from_maps("maps", split=0, selection_metric="loss")
     image = interpreter.preprocess(load_tensor(tensor_path(Path("data/caps"), "sub-TE02", "ses-M000")))
     saved = torch.load(folder / "sub-TE02_ses-M000_image-0_map.pt")
     assert torch.allclose(saved, reference_occlusion(interpreter.model, image.unsqueeze(0), 0, 6, 4, 0.1)[0],
                           atol=1e-5)
-    assert main(["maps", "test", "bad", "occlusion", "--occlusion_size", "4", "--occlusion_stride", "6", *RUN]) == 2
+    assert main(["maps", "test", "bad", "occlusion", "--occlusion_size", "4", "--occlusion_stride", "6",
+                 "--no-gpu"]) == 2
     assert "--occlusion_stride 6 is larger than --occlusion_size 4" in capsys.readouterr().err

@@ -194,6 +194,8 @@ def lrp_network(model: nn.Module, composite: str = "epsilon-plus-flat", zennit_b
             return module
         reason = ("a BatchNorm must follow a convolution or dense layer, to be merged into it"
                   if isinstance(module, NORMS) else "no LRP rule covers this layer")
+        if not where:  # a network of another shape (ClinicaDL 2.0's, a custom one): no layer list to read
+            reason = "a network of this kind has no LRP rules here (ClinicaDL 1.x's CNNs and ResNet3D have)"
         raise ValueError(f"lrp: {where or 'the network'} is a {type(module).__name__}: {reason}; LRP supports "
                          "convolutions, dense layers, BatchNorm after them, activations, pooling, dropout and "
                          "ResNet3D's blocks")
