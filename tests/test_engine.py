@@ -168,8 +168,8 @@ def test_device_and_options_are_checked():
     scripted = to_torchscript(random_model(conv5_fc3, (1, 8, 8, 8)))
     with pytest.raises(EngineError, match="unsupported device 'mps'|Expected one of"):
         make_engine(scripted, device="mps")
-    with pytest.raises(ValueError, match="METHOD 'occlusion' is not supported: choose one of gradients"):
-        make_engine(scripted, method="occlusion")
+    with pytest.raises(ValueError, match="METHOD 'deconvolution' is not supported: choose one of gradients"):
+        make_engine(scripted, method="deconvolution")
     with pytest.raises(ValueError, match="amp 'float64' is not one of"):
         make_engine(scripted, amp="float64")
     if not torch.cuda.is_available():
