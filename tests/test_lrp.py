@@ -29,6 +29,23 @@ def relevance(network, batch: torch.Tensor, targets) -> torch.Tensor:
     return x.grad
 
 
+def gamma_box(zennit, batch: torch.Tensor, also_first=()):
+    """Zennit's EpsilonGammaBox with each image's bounds, BatchNorm merged, ResNet3D's additions as Sum modules;
+    `also_first`: layers that read the image too, given the box rule by name."""
+    from test_lrp_zennit import resblock_canonizer
+    from zennit.composites import EpsilonGammaBox
+    from zennit.rules import ZBox
+
+    axes = tuple(range(1, batch.dim()))
+    low = batch.amin(dim=axes, keepdim=True).expand_as(batch)
+    high = batch.amax(dim=axes, keepdim=True).expand_as(batch)
+    canonizers = [zennit.SequentialMergeBatchNorm(), resblock_canonizer(zennit)]
+    if not also_first:
+        return EpsilonGammaBox(low=low, high=high, canonizers=canonizers)
+    return zennit.MixedComposite([zennit.NameMapComposite([(tuple(also_first), ZBox(low, high))]),
+                                  EpsilonGammaBox(low=low, high=high)], canonizers=canonizers)
+
+
 @pytest.mark.parametrize("composite", LRP_COMPOSITES)
 @pytest.mark.parametrize("case", ["conv5_fc3", "resnet3d", "pooling"])
 def test_equal_to_zennit(zennit, networks, case, composite):  # noqa: F811
@@ -36,9 +53,12 @@ def test_equal_to_zennit(zennit, networks, case, composite):  # noqa: F811
     relevance as a canonizer tells it, every layer reading the image with the first-layer rule as named)."""
     net = networks[case]
     model, batch = copy.deepcopy(net.model).double(), net.batch.double()
-    also_first = FIRST_READERS.get(case, []) if composite.endswith("-flat") else []
-    expected = zennit_lrp(zennit, copy.deepcopy(model), batch, net.targets,
-                          zennit_composite(zennit, composite.replace("-", "_"), also_first=also_first))
+    also_first = FIRST_READERS.get(case, []) if composite.endswith(("-flat", "-box")) else []
+    if composite == "epsilon-gamma-box":  # z^B within each image's own minimum and maximum
+        expected = zennit_lrp(zennit, copy.deepcopy(model), batch, net.targets, gamma_box(zennit, batch, also_first))
+    else:
+        expected = zennit_lrp(zennit, copy.deepcopy(model), batch, net.targets,
+                              zennit_composite(zennit, composite.replace("-", "_"), also_first=also_first))
     network = lrp_network(model, composite, zennit_batch_norm=True)
     assert_same_maps(relevance(network, batch, net.targets), expected)
 
@@ -48,8 +68,11 @@ def test_the_engine_computes_the_rewritten_network_and_relevance_is_conserved(ne
     net = networks["conv5_fc3"]
     got = Interpreter(copy.deepcopy(net.model)).attribute(net.batch, "lrp", net.targets, lrp_composite=composite)
     assert_same_maps(got, relevance(lrp_network(net.model, composite), net.batch, net.targets))
-    model = copy.deepcopy(net.model).double()  # the fixture's network stays float32
-    reference = ref.lrp(model, net.batch.double(), net.targets, ref.named_composite(composite.replace("-", "_")))
+    model, batch = copy.deepcopy(net.model).double(), net.batch.double()  # the fixture's network stays float32
+    axes = tuple(range(1, batch.dim()))
+    bounds = dict(low=batch.amin(dim=axes, keepdim=True), high=batch.amax(dim=axes, keepdim=True)) \
+        if composite == "epsilon-gamma-box" else {}  # each image's own
+    reference = ref.lrp(model, batch, net.targets, ref.named_composite(composite.replace("-", "_"), **bounds))
     float64 = relevance(lrp_network(model, composite, zennit_batch_norm=True), net.batch.double(), net.targets)
     assert_same_maps(float64, reference)  # the reference's rules, one step at a time
     sums = relevance(lrp_network(net.unbiased, composite), net.batch.double(), net.targets).flatten(1).sum(1)

@@ -20,7 +20,8 @@ from typing import Any, Callable, Mapping, Optional
 from .errors import UsageError
 
 # lrp's composites (models/lrp.py defines them; listed here, where no torch is imported, for the options).
-LRP_COMPOSITES = ("epsilon-plus-flat", "epsilon-alpha2-beta1-flat", "epsilon-plus", "epsilon-alpha2-beta1")
+LRP_COMPOSITES = ("epsilon-plus-flat", "epsilon-alpha2-beta1-flat", "epsilon-plus", "epsilon-alpha2-beta1",
+                  "epsilon-gamma-box")
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,9 @@ PARAMETERS: dict[str, Parameter] = {p.name: p for p in (
               "(default: the patch's size, patches side by side).", minimum=1, optional=True),
     Parameter("lrp_composite", str, "epsilon-plus-flat", "NAME", "lrp: which rule each layer gets, as Zennit's "
               "composite of that name: epsilon-plus-flat (default: z+ for convolutions, epsilon for dense layers, "
-              "flat for the first layer), epsilon-alpha2-beta1-flat, epsilon-plus, epsilon-alpha2-beta1.",
-              choices=LRP_COMPOSITES),
+              "flat for the first layer), epsilon-alpha2-beta1-flat, epsilon-plus, epsilon-alpha2-beta1, "
+              "epsilon-gamma-box (gamma 0.25 for convolutions, z^B within each image's minimum and maximum for "
+              "the first).", choices=LRP_COMPOSITES),
     Parameter("level_grad_cam", int, None, "INT", "Grad-CAM and Grad-CAM++: the feature map is taken after this "
               "many modules of the network's `convolutions` (default: after all of them).", minimum=1, optional=True),
 )}

@@ -9,8 +9,9 @@ f(x_d * x) / z_d - its own detached value, whose gradient is exactly x_d * T(g /
 Python at run time: the rewritten network is scripted like any other (models/export.py).
 
 Rules, as Zennit 0.5.1 computes them (tests/reference_lrp.py spells each out; tests/test_lrp.py checks both):
-- dense layers: epsilon (z = W x + b); convolutions: z+ (`plus`: z = W+ x+ + b+ + W- x-) or alpha2-beta1;
-  the first layer (`-flat` composites): flat (every input and weight 1, no bias; not multiplied by the input);
+- dense layers: epsilon (z = W x + b); convolutions: z+ (`plus`: z = W+ x+ + b+ + W- x-), alpha2-beta1 or
+  the generalised gamma (0.25); the first layer: flat (`-flat` composites: every input and weight 1, no bias; not
+  multiplied by the input) or z^B (`-box`: within each image's own minimum and maximum);
 - stabiliser z + 1e-6 sign(z), sign(0) = +1, everywhere (Zennit's default epsilon and stabiliser);
 - BatchNorm merged into the convolution or dense layer before it (its eval-mode statistics and affine);
 - activations pass the relevance unchanged; max-pooling, flattening and dropout keep their gradient (a window's
@@ -89,7 +90,26 @@ class RuleAffine(nn.Module):
         if self.rule == "epsilon":
             return with_gradient(out, self.affine(x.detach() * x, self.weight, None) / stabilise(out).detach())
         w_pos, w_neg = self.weight.clamp(min=0), self.weight.clamp(max=0)
+        if self.rule == "box":  # z^B within [low, high]: each image's own minimum and maximum
+            axes = list(range(1, x.dim()))
+            low = x.detach().amin(dim=axes, keepdim=True).expand_as(x)
+            high = x.detach().amax(dim=axes, keepdim=True).expand_as(x)
+            z = out - self.affine(low, w_pos, self.bias.clamp(min=0)) - self.affine(high, w_neg, self.bias.clamp(max=0))
+            carrier = (self.affine(x.detach() * x, self.weight, None) - self.affine(low * x, w_pos, None)
+                       - self.affine(high * x, w_neg, None))
+            return with_gradient(out, carrier / stabilise(z).detach())
         x_pos, x_neg = x.clamp(min=0).detach(), x.clamp(max=0).detach()
+        if self.rule == "gamma":  # generalised gamma (0.25): the output's sign picks the side; 0 drops it
+            w_up, w_down = self.weight + 0.25 * w_pos, self.weight + 0.25 * w_neg
+            z_up = (self.affine(x_pos, w_up, self.bias + 0.25 * self.bias.clamp(min=0))
+                    + self.affine(x_neg, w_down, None))
+            z_down = (self.affine(x_pos, w_down, self.bias + 0.25 * self.bias.clamp(max=0))
+                      + self.affine(x_neg, w_up, None))
+            share_up = (self.affine(x_pos * x, w_up, None) + self.affine(x_neg * x, w_down, None)) * (
+                (out > 0).to(out) / stabilise(z_up)).detach()
+            share_down = (self.affine(x_pos * x, w_down, None) + self.affine(x_neg * x, w_up, None)) * (
+                (out < 0).to(out) / stabilise(z_down)).detach()
+            return with_gradient(out, share_up + share_down)
         up = self.affine(x_pos, w_pos, self.bias.clamp(min=0)) + self.affine(x_neg, w_neg, None)
         share_up = (self.affine(x_pos * x, w_pos, None) + self.affine(x_neg * x, w_neg, None)) / stabilise(up).detach()
         if self.rule == "plus":
@@ -149,15 +169,16 @@ def lrp_network(model: nn.Module, composite: str = "epsilon-plus-flat", zennit_b
     if isinstance(model, torch.jit.ScriptModule):
         raise ValueError("lrp needs the network's layers to give each its rule; a TorchScript file has none to read: "
                          "use a ClinicaDL architecture, or another method")
-    conv_rule = "plus" if composite.startswith("epsilon-plus") else "alpha2beta1"
-    flat = composite.endswith("-flat")
+    conv_rule = ("plus" if composite.startswith("epsilon-plus") else "gamma" if composite == "epsilon-gamma-box"
+                 else "alpha2beta1")
+    first_rule = "flat" if composite.endswith("-flat") else "box" if composite.endswith("-box") else None
     first = [True]  # the next convolution or dense layer reads the image
 
     def rule_for(layer: nn.Module) -> str:
         if first[0]:
             first[0] = False
-            if flat:
-                return "flat"
+            if first_rule == "flat" or (first_rule == "box" and not isinstance(layer, nn.Linear)):
+                return first_rule
         return "epsilon" if isinstance(layer, nn.Linear) else conv_rule
 
     def convert(module: nn.Module, where: str) -> nn.Module:
@@ -166,7 +187,7 @@ def lrp_network(model: nn.Module, composite: str = "epsilon-plus-flat", zennit_b
             conv1 = affine_with(module.conv1, module.bn1, rule_for(module.conv1), zennit_batch_norm)
             conv2 = affine_with(module.conv2, module.bn2, rule_for(module.conv2), zennit_batch_norm)
             short = module.shortcut[0]
-            shortcut = affine_with(short, None, "flat" if reads_image and flat else conv_rule)
+            shortcut = affine_with(short, None, first_rule if reads_image and first_rule else conv_rule)
             return RuleResBlock(conv1, PassActivation(module.act1), conv2, shortcut, PassActivation(module.act2))
         if isinstance(module, nn.Sequential):
             children = list(module.named_children())
