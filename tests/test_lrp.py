@@ -29,7 +29,7 @@ def relevance(network, batch: torch.Tensor, targets) -> torch.Tensor:
     return x.grad
 
 
-def gamma_box(zennit, batch: torch.Tensor, also_first=()):
+def gamma_box(zennit, batch: torch.Tensor, also_first=()):  # noqa: F811 (the fixture, passed on)
     """Zennit's EpsilonGammaBox with each image's bounds, BatchNorm merged, ResNet3D's additions as Sum modules;
     `also_first`: layers that read the image too, given the box rule by name."""
     from test_lrp_zennit import resblock_canonizer
