@@ -35,9 +35,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..methods import LRP_COMPOSITES as COMPOSITES  # the option's choices
-from .conv import PadMaxPool2d, PadMaxPool3d
+from .conv import ClinicaCNN, PadMaxPool2d, PadMaxPool3d
 from .resnet3d import ResBlock
-EPSILON = 1e-6
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.PReLU, nn.SELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.Softplus)
 KEPT = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, PadMaxPool2d, PadMaxPool3d, nn.Flatten, nn.Dropout,
         nn.Dropout2d, nn.Dropout3d, nn.Identity)
@@ -46,7 +45,7 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def stabilise(z: torch.Tensor) -> torch.Tensor:
-    """z + 1e-6 sign(z), sign(0) = +1 (EPSILON; a literal: TorchScript reads no Python global)."""
+    """z + 1e-6 sign(z), sign(0) = +1: Zennit's stabiliser (a literal: TorchScript reads no Python global)."""
     return z + 1e-6 * torch.where(z >= 0, torch.ones_like(z), -torch.ones_like(z))
 
 
@@ -224,16 +223,7 @@ def lrp_network(model: nn.Module, composite: str = "epsilon-plus-flat", zennit_b
     model = copy.deepcopy(model).eval()
     if not hasattr(model, "convolutions") or not hasattr(model, "fc"):
         return convert(model, "")
-    return _Network(convert(model.convolutions, "convolutions"), convert(model.fc, "fc"))
-
-
-class _Network(nn.Module):
-    def __init__(self, convolutions: nn.Module, fc: nn.Module):
-        super().__init__()
-        self.convolutions, self.fc = convolutions, fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.convolutions(x))
+    return ClinicaCNN(convert(model.convolutions, "convolutions"), convert(model.fc, "fc"))
 
 
 def affine_with(layer: nn.Module, norm: Optional[nn.Module], rule: str, zennit: bool = False) -> RuleAffine:
