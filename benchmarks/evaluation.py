@@ -5,7 +5,7 @@ default four curves of one map (deletion and insertion, ranked by |map| and at r
 K + 1 forward passes through the engine alone (the floor: the curve's own overhead). Same image, model, rankings
 and replacement; alternating within each repeat.
 
-    python benchmarks/evaluation.py [--shape 169 208 179] [--steps 20] [--repeats 3] [--chunk 8] [--device cpu]
+    python benchmarks/evaluation.py [--shape 169 208 179] [--steps 20] [--repeats 3] [--chunk N] [--device cpu]
                                     [--out bench-out]
 
 Conv5_FC3 with random weights on a template-based subject (anatomy.py), |gradient| ranking, blur replacement.
