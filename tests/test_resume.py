@@ -26,7 +26,9 @@ OPTIONS = ["--no-gpu", "-np", "0", "--batch_size", "2", "--save_individual", "--
 
 
 def command(name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "maps_interpret", "maps", "test", name, *OPTIONS, *extra]
+    """The run `name`; `extra` may begin with a METHOD (it then follows NAME), its options come after OPTIONS."""
+    method = list(extra[:1]) if extra and not extra[0].startswith("-") else []
+    return [sys.executable, "-m", "maps_interpret", "maps", "test", name, *method, *OPTIONS, *extra[len(method):]]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,7 @@ def start_and_stop(root: Path, name: str, signum: int, after: int = 6) -> subpro
 
 
 def resume(root: Path, name: str, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command(name, "--continue", *extra), cwd=root, capture_output=True, text=True)
+    return subprocess.run(command(name, *extra, "--continue"), cwd=root, capture_output=True, text=True)
 
 
 def outside_staging(root: Path) -> dict:
@@ -189,3 +191,15 @@ def test_evaluation_resume_after_sigkill(demo):
         assert ours == (folder / "interpret-refeval" / table).read_text(), table
     sessions = (root / "data" / "test.tsv").read_text().splitlines()  # a header and one line per session, as it
     assert len((folder / "interpret-killeval" / "evaluation.tsv").read_text().splitlines()) == len(sessions)
+
+
+@pytest.mark.parametrize("method", [["occlusion", "--occlusion_size", "8", "--chunk_size", "16"], ["grad-cam++"],
+                                    ["lrp", "--lrp_composite", "epsilon-gamma-box"]],
+                         ids=["occlusion", "grad-cam++", "lrp"])
+def test_the_newer_methods_resume_after_sigkill(demo, method):
+    """Occlusion (the staged network's crops), Grad-CAM++ and LRP (their own exports) give after --continue the
+    maps of a run that never stopped."""
+    root, _ = demo
+    name = {"occlusion": "oc", "grad-cam++": "gp", "lrp": "lr"}[method[0]]
+    reference_then_killed_and_resumed(root, f"ref{name}", f"kill{name}", *method)
+    assert_same_maps(outputs(root, f"kill{name}"), outputs(root, f"ref{name}"))

@@ -63,6 +63,10 @@ int64_t Parameters::integer(const std::string& name) const {
   wrong_type(name, "an integer");
 }
 
+int64_t Parameters::integer(const std::string& name, int64_t fallback) const {
+  return values_.count(name) ? integer(name) : fallback;
+}
+
 double Parameters::number(const std::string& name) const {
   const auto& held = value(name, "a number");
   if (const auto* d = std::get_if<double>(&held)) return *d;

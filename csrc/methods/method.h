@@ -41,6 +41,7 @@ class Parameters {
 
   bool flag(const std::string& name) const;
   int64_t integer(const std::string& name) const;
+  int64_t integer(const std::string& name, int64_t fallback) const;  // `fallback` when absent
   double number(const std::string& name) const;  // an integer is accepted as a number
   std::string text(const std::string& name) const;
 

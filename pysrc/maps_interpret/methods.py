@@ -91,7 +91,9 @@ class Method:
     parameters: tuple[str, ...] = ()  # of PARAMETERS, read by this method
     noise_tunnel: bool = False  # always averaged over noisy copies (smoothgrad: gradients in the tunnel)
     options: tuple[str, ...] = ()  # general options that change its maps (recorded with its parameters)
-    export: str = "fused"  # "fused": the cost-only rewrite (models/fast.py); "cam": trunk + head (models/export.py)
+    # "fused": the cost-only rewrite (models/fast.py); "cam": trunk + head (models/export.py); "lrp": the relevance
+    # network (models/lrp.py); "staged": leading local layers split out (models/staged.py)
+    export: str = "fused"
     reference: str = ""
     # The values the C++ method reads, from the resolved parameter values and general options (default: its own
     # parameters, by name).
@@ -119,7 +121,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            reference="Bach et al. 2015; Montavon et al. 2019", core_parameters=lambda values: {}),
     Method("occlusion", "the target output's drop when a patch of the image takes the baseline value, averaged "
            "over the patches that cover each voxel (Captum's definition)", "occlusion",
-           parameters=("occlusion_size", "occlusion_stride", "baseline", "chunk_size"),
+           parameters=("occlusion_size", "occlusion_stride", "baseline", "chunk_size"), export="staged",
            reference="Zeiler and Fergus 2014",
            core_parameters=lambda values: {"occlusion_size": values["occlusion_size"],
                                            "occlusion_stride": values["occlusion_stride"] or values["occlusion_size"],
