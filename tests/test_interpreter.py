@@ -71,6 +71,17 @@ def test_every_method_of_the_table_on_tensors_in_memory(model, batch, device):
                  reference_grad_cam(model, batch, 1, None, "clinicadl"))
 
 
+def test_the_callers_parameters_keep_requires_grad(batch):
+    """Every export (fused, cam, lrp, staged) shares the caller's parameters: none may freeze them (a user who
+    interprets a model between training steps trains it on afterwards)."""
+    torch.manual_seed(0)
+    model = conv5_fc3(tuple(batch.shape[1:]), 2, 0.0)
+    interpreter = Interpreter(model)
+    for name in METHODS:
+        interpreter.attribute(batch, method=name, target=1, **({"occlusion_size": 6} if name == "occlusion" else {}))
+    assert all(parameter.requires_grad for parameter in model.parameters())
+
+
 def test_targets_per_sample_and_predicted(model, batch):
     interpreter = Interpreter(model)
     nodes = {t: interpreter.attribute(batch, target=t) for t in (0, 1)}

@@ -63,12 +63,13 @@ def test_padmaxpool_pads_the_beginning_of_odd_axes():
 
 def test_torchscript_export_is_the_same_function():
     torch.manual_seed(0)
-    model = conv5_fc3((1, 17, 12, 9), dropout=0.5).eval()
+    model = conv5_fc3((1, 17, 12, 9), dropout=0.5)
     scripted = to_torchscript(model)
+    assert model.training and all(p.requires_grad for p in model.parameters())  # the caller's model as it was
+    assert not scripted.training
     x = torch.randn(2, 1, 17, 12, 9)
     with torch.no_grad():
-        assert torch.equal(scripted(x), model(x))  # dropout off, running statistics used
-    assert all(not p.requires_grad for p in scripted.parameters())
+        assert torch.equal(scripted(x), model.eval()(x))  # dropout off, running statistics used
 
 
 def test_fixture_checkpoints_load_strictly(clinicadl_fixture):

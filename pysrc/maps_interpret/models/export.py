@@ -15,9 +15,8 @@ _JIT_DEPRECATION = r"`torch\.jit\.\w+` is deprecated"
 
 
 def to_torchscript(model: nn.Module) -> torch.jit.ScriptModule:
-    model = model.eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
+    """`model` scripted, in eval mode. The scripted module shares the caller's parameters, so their
+    `requires_grad` and the caller's mode are left alone: the C++ engine freezes its own copy."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=_JIT_DEPRECATION, category=FutureWarning)
