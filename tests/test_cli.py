@@ -54,6 +54,7 @@ def test_help_is_quick_and_lists_the_options():
 @pytest.mark.parametrize("argv,message", [
     (["--batch_size", "0"], "--batch_size must be at least 1"),
     (["--amp", "--no-gpu"], "--amp needs the GPU"),
+    (["occlusion", "--amp"], "occlusion with --amp: its map is the difference of two outputs"),
     (["--target_node", "-1"], "--target_node must be 0 or more"),
     (["-np", "-2"], "-np/--n_proc must be 0"),
     (["--level_grad_cam", "0"], "--level_grad_cam must be at least 1"),

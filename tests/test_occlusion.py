@@ -73,6 +73,8 @@ def test_refusals():
     batch = torch.rand(1, 1, 20, 23, 18)
     with pytest.raises(ValueError, match="--occlusion_stride 5 is larger than --occlusion_size 4"):
         Interpreter(model).attribute(batch, "occlusion", occlusion_size=4, occlusion_stride=5)
+    with pytest.raises(ValueError, match="occlusion with --amp: its map is the difference of two outputs"):
+        Interpreter(model).attribute(batch, "occlusion", amp="bfloat16")
     with pytest.raises(RuntimeError, match="a patch of 21 voxels does not fit the input's 20 along spatial axis 0"):
         Interpreter(model).attribute(batch, "occlusion", occlusion_size=21)
 

@@ -109,3 +109,4 @@ def test_the_interpreter_takes_the_staged_network_and_chooses_a_depth():
     for size in (6, 40):
         got = Interpreter(model).attribute(batch, "occlusion", 1, occlusion_size=size, baseline=0.25)
         assert _close(got, reference_occlusion(model, batch, 1, size, size, 0.25), model, batch), size
+

@@ -115,7 +115,7 @@ class InterpretConfig:
         help="Compute on the GPU (default); --no-gpu computes on the CPU."))
     amp: bool = field(default=False, metadata=_opt(
         "--amp", action=argparse.BooleanOptionalAction,
-        help="Mixed precision on the GPU (bfloat16 where supported, else float16)."))
+        help="Mixed precision on the GPU (bfloat16 where supported, else float16); not with occlusion."))
     batch_size: int = field(default=2, metadata=_opt(
         "--batch_size", type=int, metavar="INT", help="Images per batch (default: 2)."))
     overwrite: bool = field(default=False, metadata=_opt(
@@ -271,6 +271,8 @@ def validate(config: InterpretConfig) -> None:
         raise UsageError(f"{given[0]} is an option of --evaluate: add --evaluate")
     if config.sanity_sessions < 0:
         raise UsageError(f"--sanity_sessions must be 0 (every session) or more, got {config.sanity_sessions}")
+    if config.method in methods.METHODS:
+        methods.check_amp(methods.METHODS[config.method], config.amp)
     if config.amp and not config.gpu:
         raise UsageError("--amp needs the GPU: remove --amp or --no-gpu")
     # The command line's choices, checked for the Python API too.

@@ -156,6 +156,12 @@ def check_parameters(values: Mapping[str, Any], error: type[Exception] = UsageEr
                     "patches would be left out; use a stride of at most the size")
 
 
+def check_amp(row: Method, amp: bool, error: type[Exception] = UsageError) -> None:
+    if amp and row.core == "occlusion":
+        raise error(f"{row.name} with --amp: its map is the difference of two outputs, which bfloat16 or float16 "
+                    "rounding hides (a test network's maps correlated 0.07 with float32 ones); remove --amp")
+
+
 def check_noise_tunnel(row: Method, noise_tunnel: bool, error: type[Exception] = UsageError) -> None:
     if noise_tunnel and row.noise_tunnel:
         raise error(f"{row.name} already averages over noisy copies: remove --noise_tunnel")

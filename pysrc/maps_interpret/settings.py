@@ -50,6 +50,7 @@ class EngineSettings:
             raise ValueError(f"group_by {self.group_by!r} is not one of {', '.join(GROUP_BY)}")
         if self.amp not in AMP:
             raise ValueError(f"amp {self.amp!r} is not one of None, bfloat16, float16")
+        methods.check_amp(row, self.amp is not None, ValueError)
         if isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 0:
             raise ValueError(f"--target_node must be 0 or more, got {self.target!r}")
 
