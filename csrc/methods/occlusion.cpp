@@ -38,6 +38,14 @@ Box intersection(const Box& a, const Box& b) {
   return out;
 }
 
+// Rows [first, first + rows of `out`) of `drops`: each copy's image's reference output minus the copy's output, at
+// the image's target (`owners`: each copy's image).
+void record(at::Tensor& drops, int64_t first, const at::Tensor& reference, const at::Tensor& out,
+            const at::Tensor& owners, const at::Tensor& targets) {
+  const at::Tensor occluded = out.gather(1, targets.index_select(0, owners).view({-1, 1})).squeeze(1);
+  drops.narrow(0, first, out.size(0)).copy_(reference.index_select(0, owners) - occluded);
+}
+
 // A copy of `t`; volumes go through a CPU's convolutions channels-last (methods/forward.h says why).
 at::Tensor layout(const at::Tensor& t) {
   if (t.is_cuda() || t.dim() != 5) return t.clone(at::MemoryFormat::Contiguous);
@@ -120,9 +128,7 @@ class Occlusion : public Method {
       for (int64_t r = 0; r < count; ++r)
         crop(copies.narrow(0, r, 1), patch_box((first + r) % patches, x)).fill_(baseline_);
       const at::Tensor out = forward_(network_.model, copies, node);
-      drops.narrow(0, first, count)
-          .copy_(reference.index_select(0, owners) - out.gather(1, targets.index_select(0, owners).view({-1, 1}))
-                                                         .squeeze(1));
+      record(drops, first, reference, out, owners, targets);
     }
     return drops;
   }
@@ -191,9 +197,7 @@ class Occlusion : public Method {
         crop(copies.narrow(0, r, 1), changed[depth]).copy_(part);
       }
       const at::Tensor out = tail(copies, depth, node);
-      drops.narrow(0, first, count)
-          .copy_(reference.index_select(0, owners) - out.gather(1, targets.index_select(0, owners).view({-1, 1}))
-                                                         .squeeze(1));
+      record(drops, first, reference, out, owners, targets);
     }
     return drops;
   }
