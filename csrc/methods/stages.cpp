@@ -12,6 +12,13 @@ constexpr double kPerValue = 32, kPerCrop = 2e5;
 int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }  // b > 0
 int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
+// The box [0, n) along each axis of a spatial size.
+Box all_of(const std::vector<int64_t>& size) {
+  Box box;
+  for (int64_t n : size) box.push_back({0, n});
+  return box;
+}
+
 std::vector<int64_t> ints(const c10::IValue& value) { return value.toIntVector(); }
 
 }  // namespace
@@ -61,6 +68,7 @@ void Stages::prepare(const std::vector<int64_t>& size) {
                   " below a layer's window (", padded, " < ", stage.kernel[d], "): the input is too small");
       input[d] = (padded - stage.kernel[d]) / stage.stride[d] + 1;
     }
+    stage.output = input;
   }
 }
 
@@ -73,21 +81,9 @@ double Stages::cost(int64_t i, const Box& input, const Box& output, bool crop) c
 
 double Stages::copy_cost(int64_t i) const { return kPerValue * stages_[i].out_channels * volume(output(i)); }
 
-Box Stages::whole(int64_t i) const {
-  Box box;
-  for (int64_t n : stages_[i].input) box.push_back({0, n});
-  return box;
-}
+Box Stages::whole(int64_t i) const { return all_of(stages_[i].input); }
 
-Box Stages::output(int64_t i) const {
-  const Stage& stage = stages_[i];
-  Box box;
-  for (size_t d = 0; d < stage.input.size(); ++d) {
-    const int64_t padded = stage.input[d] + stage.padding[2 * d] + stage.padding[2 * d + 1];
-    box.push_back({0, (padded - stage.kernel[d]) / stage.stride[d] + 1});
-  }
-  return box;
-}
+Box Stages::output(int64_t i) const { return all_of(stages_[i].output); }
 
 Box Stages::affected(int64_t i, const Box& changed) const {
   const Stage& stage = stages_[i];

@@ -55,7 +55,7 @@ class Stages {
     double fill = 0, macs = 0;
     bool native = true;  // forward(x, padding) pads by `fill` itself, on both sides
     int64_t in_channels = 0, out_channels = 0;
-    std::vector<int64_t> input, padding;  // set by prepare(): input size; [begin, end] per axis
+    std::vector<int64_t> input, padding, output;  // set by prepare(): input size; [begin, end] per axis; output size
   };
   std::vector<Stage> stages_;
   torch::jit::Module rest_;

@@ -46,10 +46,10 @@ def export_model(model: Union[nn.Module, torch.jit.ScriptModule], settings: Engi
         from .models.lrp import lrp_network
 
         return to_torchscript(lrp_network(model, settings.values["lrp_composite"]))
-    if settings.row.export == "staged" and not isinstance(model, torch.jit.ScriptModule):
+    if settings.row.export == "staged":
         from .models.staged import staged_network  # occlusion recomputes the first stages on crops
 
-        staged = staged_network(model)
+        staged = staged_network(model)  # None for a TorchScript model or a network without stages
         if staged is not None:
             return to_torchscript(staged)
     return model if isinstance(model, torch.jit.ScriptModule) else to_torchscript(fuse_blocks(model))
